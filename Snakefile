@@ -1,0 +1,24 @@
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/preprocess.smk"
+include: "rules/folds.smk"
+include: "rules/train.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_shards,
+        "results/folds.csv",
+        train_outputs,

@@ -1,0 +1,64 @@
+import re
+import sys
+from functools import lru_cache
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
+
+from hpaflow.config import check_config, dataset_path, read_dataset
+from hpaflow.shards import shard_count
+
+
+check_config(config)
+
+DATASETS = {d["name"]: i for i, d in enumerate(config["datasets"])}
+TRAIN_DATASETS = [d["name"] for d in config["datasets"] if d["role"] == "train"]
+MODELS = [m["name"] for m in config["models"]]
+FOLDS = list(range(config["n_folds"]))
+
+
+wildcard_constraints:
+    dataset="|".join(map(re.escape, DATASETS)) or "^$",
+    index=r"\d+",
+    model="|".join(map(re.escape, MODELS)) or "^$",
+    fold=r"\d+",
+
+
+@lru_cache(maxsize=None)
+def dataset_table(name):
+    """Ids (and labels) of a dataset, read from its csv when first needed.
+
+    Lazily, so that `snakemake demo_data` works before the demo csvs exist.
+    """
+    return read_dataset(config, DATASETS[name])
+
+
+def n_shards(name):
+    return shard_count(len(dataset_table(name)), config["shard_size"])
+
+
+def shards_of(name):
+    return [f"results/shards/{name}/{i}.h5" for i in range(n_shards(name))]
+
+
+def all_shards(wildcards):
+    return [f for name in DATASETS for f in shards_of(name)]
+
+
+def train_shards(wildcards):
+    return [f for name in TRAIN_DATASETS for f in shards_of(name)]
+
+
+def labels_csv(wildcards):
+    return str(dataset_path(config, DATASETS[wildcards.dataset], "labels"))
+
+
+def train_labels_csvs(wildcards):
+    return [str(dataset_path(config, DATASETS[n], "labels")) for n in TRAIN_DATASETS]
+
+
+def train_outputs(wildcards):
+    return expand("results/models/{model}/fold{fold}/best.pt", model=MODELS, fold=FOLDS)
+
+
+def rule_resources(family, key, default):
+    return config["resources"].get(family, {}).get(key, default)

@@ -1,0 +1,29 @@
+DEMO_DIR = config["demo"]["dir"]
+
+
+rule demo_data:
+    """Synthetic HPA-like demo set in the Kaggle layout, plus TIFF and HPAv18 JPEG variants."""
+    output:
+        expand(
+            f"{DEMO_DIR}/{{csv}}",
+            csv=[
+                "train.csv",
+                "train_tiff.csv",
+                "hpav18.csv",
+                "sample_submission.csv",
+                "test_labels.csv",
+            ],
+        ),
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        spec=config["demo"],
+    log:
+        "logs/demo_data.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/demo_data.py"

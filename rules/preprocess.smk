@@ -1,0 +1,31 @@
+rule shard:
+    """Check, decode, resize (or tile) one shard of a dataset's images into HDF5."""
+    input:
+        labels_csv,
+    output:
+        "results/shards/{dataset}/{index}.h5",
+    params:
+        dataset=lambda wc: config["datasets"][DATASETS[wc.dataset]],
+        images=lambda wc: str(dataset_path(config, DATASETS[wc.dataset], "images")),
+        image_size=config["image_size"],
+        tiling=config["tiling"],
+        tile_size=config.get("tile_size"),
+        shard_size=config["shard_size"],
+        compression=config["hdf5_compression"],
+    log:
+        "logs/shard/{dataset}/{index}.log",
+    threads: 1
+    resources:
+        mem_mb=rule_resources("preprocess", "mem_mb", 2000),
+        runtime=rule_resources("preprocess", "runtime", 60),
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/shard.py"
+
+
+rule preprocess:
+    """Every shard of every configured dataset."""
+    input:
+        all_shards,
+    localrule: True

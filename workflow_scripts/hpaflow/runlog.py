@@ -1,0 +1,32 @@
+"""Logging for rule scripts: everything, errors included, goes to the rule's `log:` file."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger("hpaflow")
+
+
+@contextlib.contextmanager
+def logged(log_path: str | Path) -> Iterator[logging.Logger]:
+    """Log to `log_path` and stderr; an exception is written to the log, then re-raised."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers = [logging.FileHandler(log_path, mode="w"), logging.StreamHandler(sys.stderr)]
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+    try:
+        yield log
+    except Exception as e:
+        log.error("%s: %s", type(e).__name__, e)
+        raise
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()

@@ -1,0 +1,153 @@
+"""HDF5 shards of uint8 RGBY images: planning, writing and reading.
+
+A shard `results/shards/{dataset}/{index}.h5` holds, for rows i = 0..N-1:
+  images      uint8 (N, H, W, 4), RGBY, one row per chunk (random access reads one chunk)
+  ids         str (N,)         the source image's Id (repeated for its tiles)
+  tile_origin int32 (N, 2)     (y, x) of the row's top-left corner in the resized image
+  labels      uint8 (N, 28)    train datasets only
+and attributes channel_order, image_size, tile_size, tiling, source_format, dataset, role.
+Without tiling, every row is one image and tile_origin is (0, 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+
+from .io import ImageError, atomic_path, read_rgby
+from .labels import NUM_CLASSES
+from .progress import Progress
+
+log = logging.getLogger("hpaflow")
+
+# lzf decodes at close to memcpy speed and is built into h5py (no plugin needed
+# on compute nodes); gzip decodes several times slower (see benchmarks/).
+COMPRESSIONS = {"none": {}, "lzf": {"compression": "lzf"},
+                "gzip": {"compression": "gzip", "compression_opts": 4}}
+MAX_ERRORS_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What a shard job needs to know about its dataset and the image geometry."""
+
+    dataset: str
+    fmt: str
+    images_dir: str
+    role: str
+    image_size: int
+    tiling: str = "none"
+    tile_size: int | None = None
+    compression: str = "none"
+
+    @property
+    def row_size(self) -> int:
+        return self.tile_size if self.tiling == "grid" else self.image_size
+
+    @property
+    def tiles_per_image(self) -> int:
+        return (self.image_size // self.row_size) ** 2
+
+
+def shard_count(n_ids: int, shard_size: int) -> int:
+    return max(1, math.ceil(n_ids / shard_size))
+
+
+def shard_slice(index: int, n_ids: int, shard_size: int) -> slice:
+    """Rows of the label table that go into shard `index` (contiguous, in csv order)."""
+    if not 0 <= index < shard_count(n_ids, shard_size):
+        raise ValueError(f"shard index {index} out of range for {n_ids} Ids in shards of {shard_size}")
+    return slice(index * shard_size, min((index + 1) * shard_size, n_ids))
+
+
+def prepare_image(rgby: np.ndarray, spec: ShardSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Resize (INTER_AREA) to image_size, then cut the grid of tiles: (T, s, s, 4), origins (T, 2)."""
+    size = spec.image_size
+    if rgby.shape[0] != size:
+        # INTER_AREA averages source pixels when shrinking (no aliasing of fine structure).
+        rgby = cv2.resize(rgby, (size, size), interpolation=cv2.INTER_AREA)
+    s = spec.row_size
+    n = size // s
+    origins = np.array([(y * s, x * s) for y in range(n) for x in range(n)], np.int32)
+    tiles = rgby.reshape(n, s, n, s, 4).transpose(0, 2, 1, 3, 4).reshape(n * n, s, s, 4)
+    return tiles, origins
+
+
+def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.ndarray | None,
+                shard_index: int = 0) -> None:
+    """Decode, check and resize every Id's 4 channels and write one shard atomically.
+
+    Every Id is checked; if any fails, the job raises one error listing them all and
+    no shard file is left behind.
+    """
+    if spec.role == "train" and labels is None:
+        raise ValueError(f"dataset {spec.dataset}: train shards need labels")
+    n_rows = len(ids) * spec.tiles_per_image
+    s = spec.row_size
+    errors: list[str] = []
+    progress = Progress(len(ids), f"shard {spec.dataset}/{shard_index}", "images", log=log)
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            images = h5.create_dataset("images", (n_rows, s, s, 4), np.uint8,
+                                       chunks=(1, s, s, 4), **COMPRESSIONS[spec.compression])
+            origin = np.zeros((n_rows, 2), np.int32)
+            row = 0
+            for image_id in ids:
+                try:
+                    tiles, origins = prepare_image(read_rgby(spec.images_dir, image_id, spec.fmt), spec)
+                except ImageError as e:
+                    errors.append(str(e))
+                    row += spec.tiles_per_image
+                    progress.update()
+                    continue
+                if not errors:  # once one Id failed only checking goes on; the file is dropped
+                    images[row:row + len(tiles)] = tiles
+                    origin[row:row + len(tiles)] = origins
+                row += len(tiles)
+                progress.update()
+            if errors:
+                shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
+                more = len(errors) - MAX_ERRORS_SHOWN
+                tail = f"\n  ... and {more} more" if more > 0 else ""
+                raise ImageError(
+                    f"dataset {spec.dataset}, shard {shard_index}: {len(errors)} of {len(ids)} "
+                    f"image(s) failed the check; no shard written:\n  {shown}{tail}"
+                )
+            repeat = spec.tiles_per_image
+            h5.create_dataset("ids", data=np.repeat(np.array(ids, dtype=object), repeat),
+                              dtype=h5py.string_dtype())
+            h5.create_dataset("tile_origin", data=origin)
+            if labels is not None:
+                h5.create_dataset("labels", data=np.repeat(labels.astype(np.uint8), repeat, axis=0))
+            h5.attrs.update({
+                "channel_order": "RGBY", "image_size": spec.image_size, "tile_size": s,
+                "tiling": spec.tiling, "source_format": spec.fmt, "dataset": spec.dataset,
+                "role": spec.role, "shard_index": shard_index, "num_classes": NUM_CLASSES,
+            })
+
+
+@dataclass
+class Shard:
+    images: np.ndarray
+    ids: np.ndarray
+    tile_origin: np.ndarray
+    labels: np.ndarray | None
+    attrs: dict
+
+
+def read_shard(path: str | Path) -> Shard:
+    """Whole shard into memory (tests, small data); training reads rows lazily instead."""
+    with h5py.File(path, "r") as h5:
+        return Shard(
+            images=h5["images"][...],
+            ids=h5["ids"].asstr()[...],
+            tile_origin=h5["tile_origin"][...],
+            labels=h5["labels"][...] if "labels" in h5 else None,
+            attrs=dict(h5.attrs),
+        )
