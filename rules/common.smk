@@ -4,11 +4,12 @@ from functools import lru_cache
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
 
-from hpaflow.config import check_config, dataset_path, read_dataset
+from hpaflow.config import dataset_path, read_dataset, validate_config
 from hpaflow.shards import shard_count
 
 
-check_config(config)
+# Validated here, once the package is importable: errors name the key (schema + cross-key rules).
+validate_config(config, Path(workflow.basedir) / "config/schemas/config.schema.yaml")
 
 DATASETS = {d["name"]: i for i, d in enumerate(config["datasets"])}
 TRAIN_DATASETS = [d["name"] for d in config["datasets"] if d["role"] == "train"]

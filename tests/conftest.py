@@ -21,6 +21,7 @@ needs_shared = pytest.mark.skipif(not (SHARED / "hpa" / "train.csv").exists(),
 
 def copy_workflow(dest: Path) -> Path:
     """The workflow's own files (no results, no data) copied into dest."""
+    dest.mkdir(parents=True, exist_ok=True)
     for name in ["Snakefile", "rules", "workflow_scripts", "config", "envs"]:
         src = REPO / name
         if src.is_dir():

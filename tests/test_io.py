@@ -9,10 +9,17 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import DATA
-from hpaflow.io import (ImageError, atomic_path, channel_path, decode_hpav18_jpeg, decode_png,
-                        decode_tiff, read_rgby, uint16_to_uint8)
+from hpaflow.io import (
+    ImageError,
+    atomic_path,
+    channel_path,
+    decode_hpav18_jpeg,
+    decode_png,
+    decode_tiff,
+    read_rgby,
+    uint16_to_uint8,
+)
 
 RNG = np.random.default_rng(0)
 

@@ -5,13 +5,65 @@ Every error names the config key (e.g. `datasets[1].labels`) and what is wrong.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import jsonschema
+import yaml
+
 from .labels import LabelError, LabelTable, read_labels
+
+MAX_ERRORS_SHOWN = 5
 
 
 class ConfigError(ValueError):
     pass
+
+
+def _with_defaults(cls):
+    """A validator class that also fills in each property's `default` (like snakemake's validate)."""
+    check_properties = cls.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": properties})
+
+
+def key_path(path) -> str:
+    """('datasets', 0, 'format') -> 'datasets[0].format'."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        prefix = "" if not error.absolute_path else where + "."
+        return "; ".join(f"{prefix}{k}: unknown key (allowed: {', '.join(allowed)})" for k in unknown)
+    return f"{where}: {error.message}"
+
+
+def validate_config(config: dict, schema_path: str | Path) -> dict:
+    """Validate against the JSON schema, filling defaults in place; errors name each key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [_describe(e) for e in errors[:MAX_ERRORS_SHOWN]]
+        if len(errors) > MAX_ERRORS_SHOWN:
+            lines.append(f"... and {len(errors) - MAX_ERRORS_SHOWN} more")
+        raise ConfigError("invalid config (schema " + str(schema_path) + "):\n  " + "\n  ".join(lines))
+    check_config(config)
+    return config
 
 
 def check_config(config: dict) -> None:

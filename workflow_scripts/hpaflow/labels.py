@@ -62,7 +62,7 @@ def decode(y: np.ndarray) -> list[str]:
     return [" ".join(str(k) for k in np.flatnonzero(row)) for row in y]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def read_labels(path: str, with_targets: bool) -> LabelTable:
     """Read and check a label csv. `with_targets` False reads only `Id` (e.g. sample_submission.csv).
 

@@ -1,0 +1,65 @@
+"""Config validation: schema errors and cross-key rules name the key; defaults are filled."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import yaml
+from conftest import REPO
+from hpaflow.config import ConfigError, validate_config
+
+SCHEMA = REPO / "config" / "schemas" / "config.schema.yaml"
+DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def test_shipped_configs_are_valid():
+    validate_config(copy.deepcopy(DEMO), SCHEMA)
+    full = copy.deepcopy(DEMO)
+    full.update(yaml.safe_load((REPO / "config" / "hpa_kaggle.yaml").read_text()))
+    validate_config(full, SCHEMA)
+    assert [m["backbone"] for m in full["models"]] == ["resnet18", "resnet50", "se_resnet50"]
+    assert full["image_size"] == 512 and full["n_folds"] == 5
+
+
+def test_defaults_are_filled():
+    cfg = validate_config({"data_root": "x", "datasets": DEMO["datasets"]}, SCHEMA)
+    assert cfg["shard_size"] == 1024 and cfg["tiling"] == "none" and cfg["hdf5_compression"] == "lzf"
+    assert cfg["demo"]["n_train"] == 320 and cfg["demo"]["dir"] == "data/demo"
+
+
+def edited(**changes):
+    cfg = copy.deepcopy(DEMO)
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        node = cfg
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node[p]
+        if value is None:
+            del node[int(last) if last.isdigit() else last]
+        else:
+            node[int(last) if last.isdigit() else last] = value
+    return cfg
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"image_sise": 64}, r"^  image_sise: unknown key \(allowed: data_root, datasets,"),
+    ({"datasets__1__fromat": "png"}, r"datasets\[1\]\.fromat: unknown key"),
+    ({"datasets__1__format": "gif"}, r"datasets\[1\]\.format: 'gif' is not one of \['png', 'tiff', 'jpg'\]"),
+    ({"datasets__0__role": None}, r"datasets\[0\]: 'role' is a required property"),
+    ({"shard_size": "big"}, r"shard_size: 'big' is not of type 'integer'"),
+    ({"demo__n_train": 1.5}, r"demo\.n_train: 1\.5 is not of type 'integer'"),
+    ({"models__0__backbone": "vgg16"}, r"models\[0\]\.backbone: 'vgg16' is not one of"),
+    ({"data_root": None}, r"\(top level\): 'data_root' is a required property"),
+    ({"datasets__1__name": "kaggle_train"}, r"datasets\[1\]\.name: 'kaggle_train' is used by datasets\[0\] too"),
+    ({"datasets__0__role": "test", "datasets__1__role": "test", "datasets__2__role": "test"},
+     r"datasets: no dataset has role: train"),
+    ({"tiling": "grid"}, r"tile_size: required when tiling is grid"),
+    ({"tiling": "grid", "tile_size": 48}, r"tile_size: 48 does not divide image_size 64"),
+    ({"models__1__name": "r18_gyb"}, r"models\[1\]\.name: 'r18_gyb' is used by models\[0\] too"),
+])
+def test_errors_name_the_key(changes, message):
+    with pytest.raises(ConfigError) as e:
+        validate_config(edited(**changes), SCHEMA)
+    assert re.search(message, str(e.value), re.M), str(e.value)

@@ -1,0 +1,180 @@
+"""Real Snakemake runs: demo data -> shards + folds, checked pixel for pixel; config errors; planning."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import yaml
+from conftest import DATA, REPO, SHARED, copy_workflow, needs_shared, run_snakemake, write_config
+from hpaflow.labels import encode, parse_target
+from hpaflow.shards import read_shard
+
+COLORS = ["red", "green", "blue", "yellow"]
+
+# The shipped demo config, shrunk: same datasets, tiny images and shards.
+TINY = {
+    **yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
+    "image_size": 32,
+    "shard_size": 10,
+    "n_folds": 2,
+    "models": [],
+    "demo": {"dir": "data/demo", "seed": 3, "n_train": 24, "n_test": 8, "n_tiff": 6, "n_jpg": 6,
+             "size": 64, "tiff_size": 96, "jpg_size": 80},
+}
+
+
+def reference_planes(images: Path, image_id: str, fmt: str) -> list[np.ndarray]:
+    """The source channels decoded independently of hpaflow.io, as the spec describes them."""
+    out = []
+    for c in COLORS:
+        if fmt == "png":
+            out.append(cv2.imread(str(images / f"{image_id}_{c}.png"), cv2.IMREAD_GRAYSCALE))
+        elif fmt == "tiff":
+            v = tifffile.imread(images / f"{image_id}_{c}.tif")
+            out.append(v if v.dtype == np.uint8 else np.round(v.astype(np.float64) * 255 / 65535).astype(np.uint8))
+        else:
+            bgr = cv2.imread(str(images / f"{image_id}_{c}.jpg"), cv2.IMREAD_COLOR).astype(np.float64)
+            plane = {"red": bgr[..., 2], "green": bgr[..., 1], "blue": bgr[..., 0],
+                     "yellow": np.floor((bgr[..., 2] + bgr[..., 1]) / 2 + 0.5)}[c]
+            out.append(plane.astype(np.uint8))
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    wf = copy_workflow(tmp_path_factory.mktemp("wf"))
+    write_config(wf / "config" / "config.yaml", TINY)
+    run_snakemake(wf, "demo_data")
+    run_snakemake(wf, "preprocess", "folds")
+    return wf
+
+
+def test_shards_match_source_pixel_for_pixel(demo_run):
+    wf = demo_run
+    for d in TINY["datasets"]:
+        csv = pd.read_csv(wf / "data/demo" / d["labels"], dtype=str)
+        n_shards = -(-len(csv) // TINY["shard_size"])
+        files = sorted((wf / "results/shards" / d["name"]).glob("*.h5"))
+        assert [f.name for f in files] == sorted(f"{i}.h5" for i in range(n_shards))
+        shards = [read_shard(wf / "results/shards" / d["name"] / f"{i}.h5") for i in range(n_shards)]
+        ids = [i for s in shards for i in s.ids]
+        assert ids == csv["Id"].tolist()
+        images = np.concatenate([s.images for s in shards])
+        for row, image_id in enumerate(ids):
+            ref = reference_planes(wf / "data/demo" / d["images"], image_id, d["format"])
+            for k in range(4):
+                expected = cv2.resize(ref[k], (32, 32), interpolation=cv2.INTER_AREA)
+                assert np.array_equal(images[row, :, :, k], expected), (d["name"], image_id, COLORS[k])
+        if d["role"] == "train":
+            expected = encode([parse_target(t, "") for t in csv["Target"]])
+            assert np.array_equal(np.concatenate([s.labels for s in shards]), expected)
+        else:
+            assert all(s.labels is None for s in shards)
+        assert {s.attrs["source_format"] for s in shards} == {d["format"]}
+        assert (wf / "logs/shard" / d["name"] / "0.log").read_text().count("images/s") >= 1
+
+
+def test_folds_cover_every_train_id_once(demo_run):
+    folds = pd.read_csv(demo_run / "results/folds.csv")
+    expected = []
+    for d in TINY["datasets"]:
+        if d["role"] == "train":
+            expected += [(i, d["name"]) for i in pd.read_csv(demo_run / "data/demo" / d["labels"])["Id"]]
+    assert list(zip(folds["Id"], folds["dataset"])) == expected
+    assert sorted(folds["fold"].unique()) == [0, 1]
+
+
+def test_rerun_has_nothing_to_do(demo_run):
+    out = run_snakemake(demo_run, "preprocess", "folds", "-n")
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_real_hpav18_sample_through_preprocess(workflow_dir):
+    image_id = "11088_89_B5_1"
+    root = workflow_dir / "hpa"
+    (root / "hpav18").mkdir(parents=True)
+    for c in COLORS:
+        shutil.copy(DATA / f"89_B5_1_{c}.jpg", root / "hpav18" / f"{image_id}_{c}.jpg")
+    (root / "v18.csv").write_text(f"Id,Target\n{image_id},6\n")
+    cfg = {"data_root": "hpa", "image_size": 512, "models": [],
+           "datasets": [{"name": "v18", "format": "jpg", "images": "hpav18", "labels": "v18.csv", "role": "train"}]}
+    write_config(workflow_dir / "config" / "config.yaml", cfg)
+    run_snakemake(workflow_dir, "preprocess")
+    s = read_shard(workflow_dir / "results/shards/v18/0.h5")
+    assert s.images.shape == (1, 512, 512, 4) and list(s.ids) == [image_id]
+    assert np.flatnonzero(s.labels[0]).tolist() == [6]
+    for k, c in enumerate(COLORS):
+        bgr = cv2.imread(str(DATA / f"89_B5_1_{c}.jpg"), cv2.IMREAD_COLOR).astype(np.float32)
+        plane = {"red": bgr[..., 2], "green": bgr[..., 1], "blue": bgr[..., 0],
+                 "yellow": (bgr[..., 2] + bgr[..., 1]) / 2}[c]
+        expected = cv2.resize(plane, (512, 512), interpolation=cv2.INTER_AREA)
+        assert np.abs(s.images[0, :, :, k].astype(np.float32) - expected).max() <= 2, c
+
+
+def test_bad_image_fails_the_job_and_leaves_no_shard(tmp_path, workflow_dir):
+    cfg = dict(TINY, shard_size=100)
+    write_config(workflow_dir / "config" / "config.yaml", cfg)
+    run_snakemake(workflow_dir, "demo_data")
+    victim = pd.read_csv(workflow_dir / "data/demo/hpav18.csv")["Id"][2]
+    (workflow_dir / f"data/demo/hpav18/{victim}_yellow.jpg").unlink()
+    proc = run_snakemake(workflow_dir, "results/shards/hpav18/0.h5", check=False)
+    assert proc.returncode != 0
+    assert not (workflow_dir / "results/shards/hpav18").exists() or not any(
+        (workflow_dir / "results/shards/hpav18").iterdir())
+    log = (workflow_dir / "logs/shard/hpav18/0.log").read_text()
+    assert f"{victim}_yellow.jpg: missing file" in log and "1 of 6 image(s) failed" in log
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "image_sise=64"], r"image_sise"),
+    (["--config", "shard_size=big"], r"shard_size"),
+    (["--config", "hdf5_compression=zstd"], r"hdf5_compression"),
+    (["--config", "data_root=no/such/dir"], r"data_root: folder no/such/dir does not exist"),
+    (["--config", "tiling=grid", "tile_size=48"], r"tile_size: 48 does not divide image_size 64"),
+])
+def test_config_errors_name_the_key(workflow_dir, args, message):
+    proc = run_snakemake(workflow_dir, "-n", *args, check=False)
+    assert proc.returncode != 0
+    assert re.search(message, proc.stdout + proc.stderr), proc.stdout + proc.stderr
+
+
+def test_missing_labels_csv_names_the_dataset_key(workflow_dir):
+    root = workflow_dir / "somewhere"
+    root.mkdir()
+    proc = run_snakemake(workflow_dir, "-n", "--config", f"data_root={root}", check=False)
+    assert proc.returncode != 0
+    assert re.search(r"datasets\[0\]\.labels: .*train\.csv does not exist", proc.stdout + proc.stderr)
+
+
+def test_bad_label_row_fails_at_planning(workflow_dir):
+    root = workflow_dir / "data/demo"
+    root.mkdir(parents=True)
+    (root / "train.csv").write_text("Id,Target\na,0\nb,3 31\n")
+    proc = run_snakemake(workflow_dir, "-n", "preprocess", check=False)
+    assert proc.returncode != 0
+    assert re.search(r"datasets\[0\] \('kaggle_train'\): .*train\.csv: line 3 \(Id b\): label '31'",
+                     proc.stdout + proc.stderr)
+
+
+@needs_shared
+def test_full_scale_plan_has_no_per_image_jobs(workflow_dir, tmp_path):
+    for name in ["train.csv", "sample_submission.csv", "HPAv18RBGY_wodpl.csv"]:
+        shutil.copy(SHARED / "hpa" / name, tmp_path / name)
+    proc = run_snakemake(workflow_dir, "-n", "--configfile", "config/hpa_kaggle.yaml",
+                         "--config", f"data_root={tmp_path}")
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
+    # 31,072 / 1024 -> 31 shards, 74,606 -> 73, 11,702 -> 12; 3 models x 5 folds.
+    assert counts == {"shard": "116", "folds": "1", "train": "15", "all": "1", "total": "133"}
+
+
+def test_lint_is_clean(workflow_dir):
+    proc = run_snakemake(workflow_dir, "--lint")
+    assert "Congratulations" in proc.stdout + proc.stderr
+
