@@ -25,7 +25,7 @@ def test_shipped_configs_are_valid():
 
 def test_defaults_are_filled():
     cfg = validate_config({"data_root": "x", "datasets": DEMO["datasets"]}, SCHEMA)
-    assert cfg["shard_size"] == 1024 and cfg["tiling"] == "none" and cfg["hdf5_compression"] == "lzf"
+    assert cfg["shard_size"] == 1024 and cfg["tiling"] == "none" and cfg["hdf5_compression"] == "none"
     assert cfg["demo"]["n_train"] == 320 and cfg["demo"]["dir"] == "data/demo"
 
 

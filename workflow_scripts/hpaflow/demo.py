@@ -121,9 +121,10 @@ def make_field(size: int, rng: np.random.Generator) -> Field:
     cell_map = np.zeros((size, size), np.int32)
     nuc_map = np.zeros((size, size), np.int32)
     centers, nuc_axes = [], []
-    for _try in range(4 * n_cells):
-        if len(centers) == n_cells:
-            break
+    tries = 0
+    # Give up on the rest after 4 tries per cell, but never leave the field empty.
+    while len(centers) < n_cells and (tries < 4 * n_cells or not centers):
+        tries += 1
         cx, cy = rng.uniform(0.12, 0.88, 2) * size
         ax, ay = rng.uniform(13, 22) * u, rng.uniform(10, 17) * u
         ang = rng.uniform(0, 180)

@@ -26,8 +26,8 @@ from .progress import Progress
 
 log = logging.getLogger("hpaflow")
 
-# lzf decodes at close to memcpy speed and is built into h5py (no plugin needed
-# on compute nodes); gzip decodes several times slower (see benchmarks/).
+# Random reads of one 512 px RGBY image, measured here: none 0.3 ms, lzf 2.7 ms, gzip 4.0 ms;
+# so the default is none (both codecs are built into h5py: no plugin needed on compute nodes).
 COMPRESSIONS = {"none": {}, "lzf": {"compression": "lzf"},
                 "gzip": {"compression": "gzip", "compression_opts": 4}}
 MAX_ERRORS_SHOWN = 20
