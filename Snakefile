@@ -18,4 +18,4 @@ rule all:
     input:
         all_shards,
         "results/folds.csv",
-        train_outputs,
+        predictions,

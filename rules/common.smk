@@ -13,6 +13,7 @@ validate_config(config, Path(workflow.basedir) / "config/schemas/config.schema.y
 
 DATASETS = {d["name"]: i for i, d in enumerate(config["datasets"])}
 TRAIN_DATASETS = [d["name"] for d in config["datasets"] if d["role"] == "train"]
+TEST_DATASETS = [d["name"] for d in config["datasets"] if d["role"] == "test"]
 MODELS = [m["name"] for m in config["models"]]
 FOLDS = list(range(config["n_folds"]))
 
@@ -49,6 +50,10 @@ def train_shards(wildcards):
     return [f for name in TRAIN_DATASETS for f in shards_of(name)]
 
 
+def test_shards(wildcards):
+    return [f for name in TEST_DATASETS for f in shards_of(name)]
+
+
 def labels_csv(wildcards):
     return str(dataset_path(config, DATASETS[wildcards.dataset], "labels"))
 
@@ -57,8 +62,16 @@ def train_labels_csvs(wildcards):
     return [str(dataset_path(config, DATASETS[n], "labels")) for n in TRAIN_DATASETS]
 
 
-def train_outputs(wildcards):
-    return expand("results/models/{model}/fold{fold}/best.pt", model=MODELS, fold=FOLDS)
+def predictions(wildcards):
+    return expand("results/predictions/{model}/fold{fold}.h5", model=MODELS, fold=FOLDS)
+
+
+def model_settings(wildcards):
+    """A model's config entry with its input size resolved (default: the shard row size)."""
+    m = dict(next(m for m in config["models"] if m["name"] == wildcards.model))
+    rows = config["tile_size"] if config["tiling"] == "grid" else config["image_size"]
+    m.setdefault("image_size", rows)
+    return m
 
 
 def rule_resources(family, key, default):

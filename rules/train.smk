@@ -1,5 +1,9 @@
 rule train:
-    """One GPU job per model x fold: train on the other folds, keep the best checkpoint."""
+    """One GPU job per model x fold: train on the other folds, keep the best checkpoint.
+
+    Resumable: checkpoints/ (not an output, so Snakemake keeps it when a job fails or is
+    requeued) holds the last epoch's state, and a rerun goes on from there.
+    """
     input:
         shards=train_shards,
         folds="results/folds.csv",
@@ -7,9 +11,15 @@ rule train:
         best="results/models/{model}/fold{fold}/best.pt",
         metrics="results/models/{model}/fold{fold}/metrics.csv",
     params:
-        model=lambda wc: next(m for m in config["models"] if m["name"] == wc.model),
+        model=model_settings,
+        seed=config["seed"],
+        device=config["device"],
+        pretrained_dir=config["pretrained_dir"],
+        visdom=config.get("visdom", {}),
     log:
         "logs/train/{model}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/train/{model}/fold{fold}.tsv"
     threads: rule_resources("train", "cpus", 4)
     resources:
         gpu=rule_resources("train", "gpu", 1),
@@ -19,3 +29,30 @@ rule train:
         "../envs/torch.yaml"
     script:
         "../workflow_scripts/train.py"
+
+
+rule predict:
+    """Out-of-fold and test probabilities of one model x fold, averaged over TTA views."""
+    input:
+        best="results/models/{model}/fold{fold}/best.pt",
+        train_shards=train_shards,
+        test_shards=test_shards,
+        folds="results/folds.csv",
+    output:
+        "results/predictions/{model}/fold{fold}.h5",
+    params:
+        predict=config["predict"],
+        device=config["device"],
+    log:
+        "logs/predict/{model}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/predict/{model}/fold{fold}.tsv"
+    threads: rule_resources("predict", "cpus", 4)
+    resources:
+        gpu=rule_resources("predict", "gpu", 1),
+        mem_mb=rule_resources("predict", "mem_mb", 16000),
+        runtime=rule_resources("predict", "runtime", 120),
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/predict.py"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO / "workflow_scripts"))
+
+# The shipped demo config, shrunk: same datasets, tiny images and shards.
+TINY = {
+    **yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
+    "image_size": 32,
+    "shard_size": 10,
+    "n_folds": 2,
+    "models": [],
+    "demo": {"dir": "data/demo", "seed": 3, "n_train": 24, "n_test": 8, "n_tiff": 6, "n_jpg": 6,
+             "size": 64, "tiff_size": 96, "jpg_size": 80},
+}
+
 
 needs_shared = pytest.mark.skipif(not (SHARED / "hpa" / "train.csv").exists(),
                                   reason=f"real competition csvs not found at {SHARED}")
@@ -31,9 +44,11 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 600,
+                  env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

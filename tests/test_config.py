@@ -7,6 +7,7 @@ import re
 
 import pytest
 import yaml
+
 from conftest import REPO
 from hpaflow.config import ConfigError, validate_config
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from conftest import SHARED, needs_shared
 from hpaflow.demo import (
     PATTERNS,

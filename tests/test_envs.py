@@ -6,6 +6,7 @@ import re
 
 import pytest
 import yaml
+
 from conftest import REPO
 
 ENVS = sorted((REPO / "envs").glob("*.yaml"))

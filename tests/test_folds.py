@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from conftest import SHARED, needs_shared
 from hpaflow.demo import sample_label_sets
 from hpaflow.folds import assign_folds, folds_table, rebalance

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+
 from conftest import DATA
 from hpaflow.io import (
     ImageError,

@@ -8,6 +8,7 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+
 from hpaflow.io import ImageError
 from hpaflow.shards import ShardSpec, read_shard, shard_count, shard_slice, write_shard
 

@@ -11,23 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-import yaml
-from conftest import DATA, REPO, SHARED, copy_workflow, needs_shared, run_snakemake, write_config
+
+from conftest import DATA, SHARED, TINY, copy_workflow, needs_shared, run_snakemake, write_config
 from hpaflow.labels import encode, parse_target
 from hpaflow.shards import read_shard
 
 COLORS = ["red", "green", "blue", "yellow"]
 
-# The shipped demo config, shrunk: same datasets, tiny images and shards.
-TINY = {
-    **yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
-    "image_size": 32,
-    "shard_size": 10,
-    "n_folds": 2,
-    "models": [],
-    "demo": {"dir": "data/demo", "seed": 3, "n_train": 24, "n_test": 8, "n_tiff": 6, "n_jpg": 6,
-             "size": 64, "tiff_size": 96, "jpg_size": 80},
-}
 
 
 def reference_planes(images: Path, image_id: str, fmt: str) -> list[np.ndarray]:
@@ -171,7 +161,9 @@ def test_full_scale_plan_has_no_per_image_jobs(workflow_dir, tmp_path):
                          "--config", f"data_root={tmp_path}")
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
     # 31,072 / 1024 -> 31 shards, 74,606 -> 73, 11,702 -> 12; 3 models x 5 folds.
-    assert counts == {"shard": "116", "folds": "1", "train": "15", "all": "1", "total": "133"}
+    assert counts == {"shard": "116", "folds": "1", "train": "15", "predict": "15", "all": "1", "total": "148"}
+    gpus = re.findall(r"^rule (train|predict):\n(?:    .*\n)*?    resources: .*?\bgpu=(\d+)", proc.stdout, re.M)
+    assert len(gpus) == 30 and all(n == "1" for _, n in gpus), gpus
 
 
 def test_lint_is_clean(workflow_dir):

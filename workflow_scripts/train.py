@@ -1,9 +1,12 @@
-# The training loop lands with issue 3 ("Training and prediction"); until then the rule is
-# declared so that the DAG (one job per model x fold) and its resources can be planned and checked.
-from hpaflow.runlog import logged
+from pathlib import Path
 
-with logged(snakemake.log[0]):
-    raise NotImplementedError(
-        f"rule train ({snakemake.wildcards.model}, fold {snakemake.wildcards.fold}): training is not "
-        "implemented yet (issue 3); run `snakemake preprocess folds` for the data stages"
-    )
+from hpaflow.runlog import logged
+from hpaflow.train import TrainConfig, train
+
+with logged(snakemake.log[0]) as log:
+    p = snakemake.params
+    cfg = TrainConfig(fold=int(snakemake.wildcards.fold), seed=p.seed, device=p.device,
+                      pretrained_dir=p.pretrained_dir, threads=snakemake.threads, visdom=p.visdom, **p.model)
+    log.info("train %s", cfg)
+    train(cfg, list(snakemake.input.shards), snakemake.input.folds,
+          out_dir=Path(snakemake.output.best).parent)

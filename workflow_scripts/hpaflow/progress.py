@@ -14,6 +14,7 @@ class Progress:
         self.total, self.label, self.unit, self.every_s = total, label, unit, every_s
         self.log = log or logging.getLogger("hpaflow")
         self.done = 0
+        self.suffix = ""  # e.g. the running loss, appended to each line
         self.start = self.last = time.monotonic()
 
     def update(self, n: int = 1) -> None:
@@ -29,7 +30,8 @@ class Progress:
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
         pct = 100.0 * self.done / self.total if self.total else 100.0
         return (f"{self.label}: {self.done}/{self.total} ({pct:.0f}%) {rate:.1f} {self.unit}/s, "
-                f"elapsed {format_seconds(elapsed)}, ETA {format_seconds(left)}")
+                f"elapsed {format_seconds(elapsed)}, ETA {format_seconds(left)}"
+                + (f", {self.suffix}" if self.suffix else ""))
 
 
 def format_seconds(s: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,14 +14,18 @@ log = logging.getLogger("hpaflow")
 
 @contextlib.contextmanager
 def logged(log_path: str | Path) -> Iterator[logging.Logger]:
-    """Log to `log_path` and stderr; an exception is written to the log, then re-raised."""
+    """Log to `log_path` and stderr; an exception is written to the log, then re-raised.
+
+    The log is appended to, so a job that was killed or requeued keeps the story of every attempt.
+    """
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers = [logging.FileHandler(log_path, mode="w"), logging.StreamHandler(sys.stderr)]
+    handlers = [logging.FileHandler(log_path, mode="a"), logging.StreamHandler(sys.stderr)]
     for h in handlers:
         h.setFormatter(fmt)
         log.addHandler(h)
     log.setLevel(logging.INFO)
+    log.info("=== start (pid %d)", os.getpid())
     try:
         yield log
     except Exception as e:

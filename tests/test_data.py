@@ -1,0 +1,74 @@
+"""The torch Dataset over shards: known pixels -> composition and label; samplers; folds lookup."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from hpaflow.data import ShardDataset, ShardRows, fold_of, make_sampler, rare_class_weights
+from hpaflow.transforms import MEAN, STD
+
+
+def tiny_shard(path, ids, images, labels=None):
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("images", data=images, chunks=(1,) + images.shape[1:])
+        h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        if labels is not None:
+            h5.create_dataset("labels", data=labels)
+
+
+@pytest.fixture
+def two_shards(tmp_path):
+    imgs = np.zeros((3, 8, 8, 4), np.uint8)
+    imgs[0, ..., 0], imgs[0, ..., 1], imgs[0, ..., 2], imgs[0, ..., 3] = 10, 200, 30, 90  # R G B Y
+    imgs[1, 2, 3] = [255, 0, 0, 255]
+    labels = np.eye(28, dtype=np.uint8)[[3, 7, 27]]
+    tiny_shard(tmp_path / "0.h5", ["a", "b", "c"], imgs, labels)
+    tiny_shard(tmp_path / "1.h5", ["d"], np.full((1, 8, 8, 4), 255, np.uint8), np.eye(28, dtype=np.uint8)[[0]])
+    return [str(tmp_path / "0.h5"), str(tmp_path / "1.h5")]
+
+
+def test_known_pixels_come_out_composed_and_labelled(two_shards):
+    rows = ShardRows.from_files(two_shards)
+    assert rows.ids.tolist() == ["a", "b", "c", "d"] and rows.file_index.tolist() == [0, 0, 0, 1]
+    ds = ShardDataset(rows, "gyb", 8)
+    x, y = ds[0]
+    r, g, b, yy = 10 / 255, 200 / 255, 30 / 255, 90 / 255
+    expected = (np.array([g, (r + yy) / 2, (b + yy) / 2]) - MEAN[:3]) / STD[:3]
+    assert x.shape == (3, 8, 8) and torch.allclose(x[:, 5, 5], torch.tensor(expected, dtype=torch.float32))
+    assert y.tolist() == np.eye(28)[3].tolist()
+    x4, _ = ShardDataset(rows, "rgby", 8)[1]
+    assert torch.allclose(x4[:, 2, 3], torch.tensor((np.array([1, 0, 0, 1]) - MEAN) / STD, dtype=torch.float32))
+    assert ShardDataset(rows, "rgb", 4)[3][0].shape == (3, 4, 4)  # resized to the model's size
+
+
+def test_loader_workers_open_files_lazily(two_shards):
+    ds = ShardDataset(ShardRows.from_files(two_shards), "gyb", 8, train=True, seed=1)
+    ds.read(0)  # the parent holds a handle; workers must not inherit it
+    batches = [y for _, y in DataLoader(ds, batch_size=2, num_workers=2)]
+    assert torch.equal(torch.cat(batches), torch.from_numpy(ds.rows.labels.astype(np.float32)))
+    a = torch.stack([ds[i][0] for i in range(4)])
+    b = torch.cat([x for x, _ in DataLoader(ds, batch_size=3, num_workers=1)])
+    assert torch.equal(a, b)  # augmentation depends on (seed, epoch, index) only
+
+
+def test_fold_lookup(two_shards, tmp_path):
+    rows = ShardRows.from_files(two_shards)
+    (tmp_path / "folds.csv").write_text("Id,dataset,fold\na,x,0\nb,x,1\nc,x,1\nd,x,0\n")
+    assert fold_of(rows, tmp_path / "folds.csv").tolist() == [0, 1, 1, 0]
+    (tmp_path / "f2.csv").write_text("Id,dataset,fold\na,x,0\n")
+    with pytest.raises(ValueError, match="no fold for 3 Id"):
+        fold_of(rows, tmp_path / "f2.csv")
+
+
+def test_samplers_are_fixed_by_seed_and_epoch():
+    labels = np.eye(28, dtype=np.uint8)[[0] * 900 + [27] * 100]
+    a = list(make_sampler("uniform", labels, 0, 1))
+    assert a == list(make_sampler("uniform", labels, 0, 1)) and a != list(make_sampler("uniform", labels, 0, 2))
+    w = rare_class_weights(labels)
+    assert np.isclose(w[-1] / w[0], 3.0)  # (0.9 / 0.1) ** 0.5
+    drawn = labels[list(make_sampler("oversample_rare", labels, 0, 0))]
+    assert 0.2 < drawn[:, 27].mean() < 0.3  # 10% of images, drawn at 300 / 1200 = 25%

@@ -1,0 +1,116 @@
+"""Training and prediction through real Snakemake runs on the CPU: end to end, and resume after a kill."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY, copy_workflow, run_snakemake, write_config
+from hpaflow.labels import encode, parse_target
+
+MODELS = [
+    {"name": "r18_gyb", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False, "epochs": 2,
+     "batch_size": 16},
+    {"name": "r18_rgby", "backbone": "resnet18", "color_mode": "rgby", "pretrained": False, "epochs": 1,
+     "batch_size": 16, "sampler": "oversample_rare", "loss": "focal"},
+]
+E2E = {**TINY, "models": MODELS, "resources": {"train": {"cpus": 2, "gpu": 0}, "predict": {"cpus": 2, "gpu": 0}}}
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    wf = copy_workflow(tmp_path_factory.mktemp("e2e"))
+    write_config(wf / "config" / "config.yaml", E2E)
+    run_snakemake(wf, "demo_data")
+    run_snakemake(wf)  # the default target: shards, folds, train, predict
+    return wf
+
+
+def train_truth(wf) -> pd.DataFrame:
+    frames = [pd.read_csv(wf / "data/demo" / d["labels"], dtype=str) for d in E2E["datasets"] if d["role"] == "train"]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_out_of_fold_predictions_cover_every_train_id_once(e2e):
+    truth = train_truth(e2e)
+    y = dict(zip(truth["Id"], encode([parse_target(t, "") for t in truth["Target"]])))
+    folds = pd.read_csv(e2e / "results/folds.csv")
+    for m in MODELS:
+        seen = []
+        for k in range(E2E["n_folds"]):
+            with h5py.File(e2e / f"results/predictions/{m['name']}/fold{k}.h5") as h5:
+                ids = h5["oof/ids"].asstr()[...]
+                probs, labels = h5["oof/probs"][...], h5["oof/labels"][...]
+                assert h5.attrs["views"].tolist() == list(range(8))
+            assert set(ids) == set(folds.loc[folds["fold"] == k, "Id"])  # this fold's validation Ids
+            assert probs.dtype == np.float32 and probs.shape == (len(ids), 28)
+            assert (probs >= 0).all() and (probs <= 1).all()
+            assert np.array_equal(labels, np.stack([y[i] for i in ids]))
+            seen += list(ids)
+        assert sorted(seen) == sorted(truth["Id"]) and len(seen) == len(set(seen))
+
+
+def test_test_predictions_in_sample_submission_order(e2e):
+    sample = pd.read_csv(e2e / "data/demo/sample_submission.csv")["Id"].tolist()
+    for m in MODELS:
+        for k in range(E2E["n_folds"]):
+            with h5py.File(e2e / f"results/predictions/{m['name']}/fold{k}.h5") as h5:
+                assert h5["test/ids"].asstr()[...].tolist() == sample
+                assert h5["test/probs"].shape == (len(sample), 28)
+
+
+def test_training_wrote_metrics_and_progress(e2e):
+    for m in MODELS:
+        for k in range(E2E["n_folds"]):
+            metrics = pd.read_csv(e2e / f"results/models/{m['name']}/fold{k}/metrics.csv")
+            assert metrics["epoch"].tolist() == list(range(1, m["epochs"] + 1))
+            assert {"train_loss", "val_bce", "val_f1_at_0.5", "val_f1_best_global"} <= set(metrics.columns)
+            best = torch.load(e2e / f"results/models/{m['name']}/fold{k}/best.pt", weights_only=False)
+            assert np.isclose(best["val_f1"], metrics["val_f1_best_global"].max())
+            log = (e2e / f"logs/train/{m['name']}/fold{k}.log").read_text()
+            assert "img/s" in log and "ETA" in log and "done: best validation macro F1" in log
+
+
+RESUME = {**TINY, "resources": {"train": {"cpus": 1, "gpu": 0}},
+          "models": [{"name": "m", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False,
+                      "epochs": 3, "batch_size": 8}]}
+TARGET = "results/models/m/fold0/best.pt"
+
+
+def prepared(path):
+    wf = copy_workflow(path)
+    write_config(wf / "config" / "config.yaml", RESUME)
+    run_snakemake(wf, "demo_data")
+    return wf
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    killed = prepared(tmp_path / "killed")
+    proc = run_snakemake(killed, TARGET, check=False, env={"HPAFLOW_STOP_AFTER_EPOCH": "1"})
+    assert proc.returncode != 0 and "stopping abruptly" in proc.stdout + proc.stderr
+    run_dir = killed / "results/models/m/fold0"
+    assert (run_dir / "checkpoints/last.pt").exists() and not (run_dir / "best.pt").exists()
+
+    run_snakemake(killed, TARGET)
+    log = (killed / "logs/train/m/fold0.log").read_text()
+    assert "epoch 1 of 3 done, going on with epoch 2" in log
+    after_resume = log.split("resuming from")[1]
+    assert "epoch 1/3" not in after_resume and "epoch 2/3" in after_resume and "epoch 3/3" in after_resume
+
+    straight = prepared(tmp_path / "straight")
+    shutil.rmtree(straight / "data")  # same seed -> same data; reuse the killed run's to be sure
+    shutil.copytree(killed / "data", straight / "data")
+    run_snakemake(straight, TARGET)
+
+    a = pd.read_csv(run_dir / "metrics.csv").drop(columns="images_per_s")
+    b = pd.read_csv(straight / "results/models/m/fold0/metrics.csv").drop(columns="images_per_s")
+    assert a["epoch"].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
+    wa = torch.load(run_dir / "best.pt", weights_only=False)["model"]
+    wb = torch.load(straight / "results/models/m/fold0/best.pt", weights_only=False)["model"]
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)

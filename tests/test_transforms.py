@@ -1,0 +1,60 @@
+"""Colour composition, dihedral views (numpy and torch agree), TTA and tile combination."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hpaflow.predict import aggregate_tiles, dihedral_batch
+from hpaflow.transforms import MEAN, STD, augment, combine, compose, dihedral, normalize
+
+
+def test_compose_known_pixels():
+    px = np.array([[[10, 200, 30, 90]]], np.uint8)  # R, G, B, Y
+    r, g, b, y = 10 / 255, 200 / 255, 30 / 255, 90 / 255
+    assert np.allclose(compose(px, "gyb")[0, 0], [g, (r + y) / 2, (b + y) / 2])
+    assert np.allclose(compose(px, "rgb")[0, 0], [r, g, b])
+    assert np.allclose(compose(px, "rgby")[0, 0], [r, g, b, y])
+    assert np.allclose(normalize(compose(px, "rgby"))[0, 0], (np.array([r, g, b, y]) - MEAN) / STD)
+
+
+def test_eight_distinct_dihedral_views():
+    x = np.arange(9).reshape(3, 3, 1)
+    views = [dihedral(x, v) for v in range(8)]
+    assert len({v.tobytes() for v in views}) == 8
+    assert np.array_equal(views[0], x)
+    assert np.array_equal(views[1][:, :, 0], np.rot90(x[:, :, 0]))
+    assert np.array_equal(views[4][:, :, 0], x[:, ::-1, 0])
+
+
+def test_torch_views_match_numpy_views():
+    x = np.random.default_rng(0).random((5, 5, 3)).astype(np.float32)
+    t = torch.from_numpy(x.transpose(2, 0, 1)[None].copy())
+    for v in range(8):
+        assert np.array_equal(dihedral_batch(t, v)[0].numpy().transpose(1, 2, 0), dihedral(x, v)), v
+
+
+def test_combine():
+    views = np.array([[[0.2, 0.9]], [[0.6, 0.1]]])
+    assert np.allclose(combine(views, "mean"), [[0.4, 0.5]])
+    assert np.allclose(combine(views, "max"), [[0.6, 0.9]])
+    with pytest.raises(ValueError):
+        combine(views, "median")
+
+
+def test_aggregate_tiles_per_image_in_first_seen_order():
+    ids = np.array(["b", "b", "a", "a", "c"])
+    probs = np.array([[0.1], [0.3], [0.5], [0.9], [0.7]], np.float32)
+    out_ids, mean = aggregate_tiles(ids, probs, "mean")
+    assert out_ids.tolist() == ["b", "a", "c"] and np.allclose(mean[:, 0], [0.2, 0.7, 0.7])
+    _, mx = aggregate_tiles(ids, probs[None], "max")  # with a leading views axis
+    assert mx.shape == (1, 3, 1) and np.allclose(mx[0, :, 0], [0.3, 0.9, 0.7])
+
+
+def test_augment_is_deterministic_per_generator_and_stays_in_range():
+    x = np.random.default_rng(0).random((16, 16, 3)).astype(np.float32)
+    a = augment(x, np.random.default_rng([1, 2, 3]))
+    assert np.array_equal(a, augment(x, np.random.default_rng([1, 2, 3])))
+    assert not np.array_equal(a, augment(x, np.random.default_rng([1, 2, 4])))
+    assert a.shape == x.shape and a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1

@@ -1,0 +1,126 @@
+"""Torch datasets over HDF5 shards: lazy per-worker file handles, random access, augmentation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, RandomSampler, Sampler, WeightedRandomSampler
+
+from .labels import NUM_CLASSES
+from .transforms import augment, compose, normalize, resize
+
+
+@dataclass
+class ShardRows:
+    """Which row of which shard file holds each sample, with its Id and (train) labels."""
+
+    files: list[str]
+    file_index: np.ndarray  # int32 (N,)
+    row: np.ndarray  # int32 (N,)
+    ids: np.ndarray  # str (N,)
+    labels: np.ndarray | None  # uint8 (N, 28)
+
+    @classmethod
+    def from_files(cls, files: list[str | Path]) -> ShardRows:
+        files = [str(f) for f in files]
+        fi, rows, ids, labels = [], [], [], []
+        for k, f in enumerate(files):
+            with h5py.File(f, "r") as h5:
+                n = h5["ids"].shape[0]
+                ids.append(h5["ids"].asstr()[...])
+                labels.append(h5["labels"][...] if "labels" in h5 else None)
+            fi.append(np.full(n, k, np.int32))
+            rows.append(np.arange(n, dtype=np.int32))
+        has = [x is not None for x in labels]
+        if any(has) and not all(has):
+            raise ValueError("shards mix train (labelled) and test (unlabelled) data")
+        return cls(files, np.concatenate(fi), np.concatenate(rows), np.concatenate(ids),
+                   np.concatenate(labels) if all(has) and labels else None)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, mask: np.ndarray) -> ShardRows:
+        return ShardRows(self.files, self.file_index[mask], self.row[mask], self.ids[mask],
+                         None if self.labels is None else self.labels[mask])
+
+
+def fold_of(rows: ShardRows, folds_csv: str | Path) -> np.ndarray:
+    """Fold of each row (by Id) from the folds table; every row's Id must be in it."""
+    table = pd.read_csv(folds_csv, dtype={"Id": str})
+    fold = pd.Series(table["fold"].to_numpy(), index=table["Id"]).reindex(rows.ids)
+    if fold.isna().any():
+        missing = rows.ids[fold.isna().to_numpy()]
+        raise ValueError(f"{folds_csv}: no fold for {len(missing)} Id(s), e.g. {missing[0]!r}")
+    return fold.to_numpy(np.int64)
+
+
+class ShardDataset(Dataset):
+    """Samples as normalised float tensors (C, size, size) and float label vectors.
+
+    HDF5 files are opened on first use in each process (a DataLoader worker must not inherit
+    an open handle). Augmentation draws from a generator seeded by (seed, epoch, index), so a
+    sample's augmentation is the same whatever the worker count or a resume.
+    """
+
+    def __init__(self, rows: ShardRows, color_mode: str, size: int, train: bool = False,
+                 seed: int = 0) -> None:
+        self.rows, self.color_mode, self.size, self.train, self.seed = rows, color_mode, size, train, seed
+        self.epoch = 0
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = -1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, i: int) -> np.ndarray:
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        k = int(self.rows.file_index[i])
+        if k not in self._handles:
+            self._handles[k] = h5py.File(self.rows.files[k], "r")
+        return self._handles[k]["images"][int(self.rows.row[i])]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = resize(compose(self.read(i), self.color_mode), self.size)
+        if self.train:
+            x = augment(x, np.random.default_rng([self.seed, self.epoch, i]))
+        x = torch.from_numpy(np.ascontiguousarray(normalize(x).transpose(2, 0, 1)))
+        y = self.rows.labels[i] if self.rows.labels is not None else np.zeros(NUM_CLASSES, np.uint8)
+        return x, torch.from_numpy(y.astype(np.float32))
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handles"], state["_pid"] = {}, -1
+        return state
+
+
+def rare_class_weights(labels: np.ndarray, power: float = 0.5) -> np.ndarray:
+    """Sampling weight of each sample: its rarest class's inverse frequency ** power.
+
+    power 0.5 oversamples rare classes without letting a handful of images dominate an epoch.
+    """
+    freq = labels.mean(0).astype(np.float64)
+    inv = np.where(freq > 0, 1.0 / np.maximum(freq, 1e-12), 0.0) ** power
+    w = (labels * inv).max(1)
+    return np.where(w > 0, w, inv[inv > 0].min() if (inv > 0).any() else 1.0)
+
+
+def make_sampler(kind: str, labels: np.ndarray, seed: int, epoch: int) -> Sampler:
+    """A sampler whose order depends only on (seed, epoch): a resumed run sees the same batches."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if kind == "uniform":
+        return RandomSampler(range(len(labels)), generator=g)
+    if kind == "oversample_rare":
+        w = torch.as_tensor(rare_class_weights(labels), dtype=torch.double)
+        return WeightedRandomSampler(w, len(labels), replacement=True, generator=g)
+    raise ValueError(f"unknown sampler {kind!r} (uniform or oversample_rare)")

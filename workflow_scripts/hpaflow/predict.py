@@ -1,0 +1,121 @@
+"""Inference with test-time augmentation (dihedral views) and tile-to-image aggregation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data import ShardDataset, ShardRows, fold_of
+from .io import atomic_path
+from .models import build_model
+from .runtime import autocast_dtype, pick_device, to_device
+from .transforms import CHANNELS, combine
+
+log = logging.getLogger("hpaflow")
+
+
+def dihedral_batch(x: torch.Tensor, view: int) -> torch.Tensor:
+    """transforms.dihedral on a batch (B, C, H, W): flip W if view >= 4, then rot90 x (view % 4)."""
+    if view >= 4:
+        x = torch.flip(x, dims=(3,))
+    return torch.rot90(x, view % 4, dims=(2, 3))
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, dl: DataLoader, device: torch.device,
+                  views: tuple[int, ...] = (0,)) -> np.ndarray:
+    """Sigmoid probabilities of each view: float32 (V, N, 28)."""
+    model.eval()
+    dtype = autocast_dtype(device)
+    out = []
+    for x, _ in dl:
+        x = to_device(x, device)
+        per_view = []
+        for v in views:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                per_view.append(torch.sigmoid(model(dihedral_batch(x, v)).float()).cpu().numpy())
+        out.append(np.stack(per_view))
+    return np.concatenate(out, axis=1).astype(np.float32)
+
+
+def aggregate_tiles(ids: np.ndarray, probs: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sharing an Id (tiles of one image) -> one row per Id (`mean` or `max`), in order of
+    first appearance. probs: (..., N, K) -> (..., M, K)."""
+    uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    counts = np.bincount(inverse)
+    rows = np.argsort(inverse, kind="stable")  # rows grouped by Id
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    grouped = probs[..., rows, :]
+    if how == "mean":
+        agg = np.add.reduceat(grouped, starts, axis=-2) / counts[:, None]
+    elif how == "max":
+        agg = np.maximum.reduceat(grouped, starts, axis=-2)
+    else:
+        raise ValueError(f"unknown combine {how!r} (mean or max)")
+    order = np.argsort(first)
+    return uniq[order], agg[..., order, :].astype(np.float32)
+
+
+def load_model(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = state["config"]
+    model = build_model(cfg["backbone"], CHANNELS[cfg["color_mode"]], pretrained=False)
+    model.load_state_dict(state["model"])
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, cfg
+
+
+def predict_rows(model, cfg: dict, rows: ShardRows, device, views, tta_combine: str, tile_combine: str,
+                 batch_size: int, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, probs (M, 28), per-view probs (V, M, 28)) with tiles aggregated to their image."""
+    ds = ShardDataset(rows, cfg["color_mode"], cfg["image_size"])
+    dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    per_view = predict_probs(model, dl, device, tuple(views))
+    ids, per_view = aggregate_tiles(rows.ids, per_view, tile_combine)
+    return ids, combine(per_view, tta_combine), per_view
+
+
+def write_predictions(path: str | Path, parts: dict[str, dict], attrs: dict) -> None:
+    """One HDF5 with a group per part (oof, test): ids, probs float32 (N, 28), optional labels, views."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        for name, part in parts.items():
+            g = h5.create_group(name)
+            g.create_dataset("ids", data=np.asarray(part["ids"], dtype=object), dtype=h5py.string_dtype())
+            g.create_dataset("probs", data=part["probs"].astype(np.float32))
+            for key in ("labels", "views"):
+                if part.get(key) is not None:
+                    g.create_dataset(key, data=part[key])
+        h5.attrs.update(attrs)
+
+
+def run_predict(checkpoint: str, train_shards: list[str], test_shards: list[str], folds_csv: str, fold: int,
+                out: str, views: list[int], tta_combine: str, tile_combine: str, save_views: bool,
+                batch_size: int, device_name: str, threads: int) -> None:
+    torch.set_num_threads(max(1, threads))
+    device = pick_device(device_name)
+    model, cfg = load_model(checkpoint, device)
+    workers = max(0, threads - 1)
+    parts = {}
+    rows = ShardRows.from_files(train_shards)
+    val = rows.subset(fold_of(rows, folds_csv) == fold)
+    for name, r in [("oof", val), ("test", ShardRows.from_files(test_shards) if test_shards else None)]:
+        if r is None:
+            continue
+        log.info("%s: %d rows, TTA views %s (%s), tiles %s", name, len(r), views, tta_combine, tile_combine)
+        ids, probs, per_view = predict_rows(model, cfg, r, device, views, tta_combine, tile_combine,
+                                            batch_size, workers)
+        labels = None
+        if r.labels is not None:
+            _, first = np.unique(r.ids, return_index=True)
+            lab = dict(zip(r.ids[first], r.labels[first]))
+            labels = np.stack([lab[i] for i in ids])
+        parts[name] = {"ids": ids, "probs": probs, "labels": labels, "views": per_view if save_views else None}
+    write_predictions(out, parts, {"model": cfg["name"], "fold": fold, "views": list(views),
+                                   "tta_combine": tta_combine, "tile_combine": tile_combine})

@@ -1,0 +1,213 @@
+"""Training loop for one model x fold: resumable checkpoints, metrics CSV, progress, optional Visdom.
+
+Files in `out_dir` (= results/models/{model}/fold{fold}/):
+  checkpoints/last.pt  everything needed to resume (written atomically after every epoch)
+  checkpoints/best.pt  weights of the best epoch by validation macro F1
+  best.pt, metrics.csv the rule's outputs, (re)written from the above
+The checkpoints are not rule outputs, so Snakemake's clean-up of a failed or requeued job
+keeps them and the rerun resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from .data import ShardDataset, ShardRows, fold_of, make_sampler
+from .io import atomic_path
+from .losses import LOSSES
+from .metrics import bce_from_probs, best_global_threshold, macro_f1_at
+from .models import build_model
+from .predict import predict_probs
+from .progress import Progress, format_seconds
+from .runtime import autocast_dtype, pick_device, to_device
+from .transforms import CHANNELS
+from .visdom import VisdomPlot
+
+log = logging.getLogger("hpaflow")
+# Test hook: exit abruptly (like a killed job) once this epoch's checkpoint is written.
+STOP_ENV = "HPAFLOW_STOP_AFTER_EPOCH"
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    backbone: str
+    fold: int
+    image_size: int
+    color_mode: str = "gyb"
+    pretrained: bool = True
+    pretrained_dir: str = "pretrained"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    loss: str = "bce"
+    sampler: str = "uniform"
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 1
+    visdom: dict = field(default_factory=dict)
+
+    def fingerprint(self, data: list[str]) -> str:
+        """What a checkpoint must match to be resumed (everything but threads, device, visdom)."""
+        keep = {k: v for k, v in asdict(self).items() if k not in ("threads", "device", "visdom")}
+        return hashlib.sha256(json.dumps([keep, sorted(data)], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer):
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.epochs // 3), gamma=0.1)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def loader(ds: ShardDataset, batch_size: int, workers: int, sampler=None) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                      pin_memory=torch.cuda.is_available(), drop_last=False)
+
+
+def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str | Path) -> dict:
+    """Train on every fold but cfg.fold, validate on cfg.fold; resume from out_dir if possible."""
+    out = Path(out_dir)
+    ckpt_dir = out / "checkpoints"
+    torch.set_num_threads(max(1, cfg.threads))
+    device = pick_device(cfg.device)
+    workers = max(0, cfg.threads - 1)
+
+    rows = ShardRows.from_files(shard_files)
+    fold = fold_of(rows, folds_csv)
+    train_rows, val_rows = rows.subset(fold != cfg.fold), rows.subset(fold == cfg.fold)
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise ValueError(f"fold {cfg.fold}: {len(train_rows)} train and {len(val_rows)} validation samples")
+    log.info("model %s fold %d: %d train, %d validation samples, %s on %s (%d loader workers)",
+             cfg.name, cfg.fold, len(train_rows), len(val_rows), cfg.backbone, device, workers)
+    train_ds = ShardDataset(train_rows, cfg.color_mode, cfg.image_size, train=cfg.augment, seed=cfg.seed)
+    val_dl = loader(ShardDataset(val_rows, cfg.color_mode, cfg.image_size), cfg.batch_size, workers)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, CHANNELS[cfg.color_mode], cfg.pretrained, cfg.pretrained_dir).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, model.parameters())
+    sched = make_scheduler(cfg, opt)
+    dtype = autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    loss_fn = LOSSES[cfg.loss]
+    fingerprint = cfg.fingerprint([str(Path(f).name) for f in shard_files])
+
+    start_epoch, history, best_f1 = 0, [], -1.0
+    last = ckpt_dir / "last.pt"
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            log.warning("checkpoint %s was made with another config or data; starting from scratch", last)
+        else:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            start_epoch, history, best_f1 = state["epoch"] + 1, state["history"], state["best_f1"]
+            log.info("resuming from %s: epoch %d of %d done, going on with epoch %d",
+                     last, start_epoch, cfg.epochs, start_epoch + 1)
+    plot = VisdomPlot(cfg.visdom, f"{cfg.name}_fold{cfg.fold}", log)
+
+    run_start = time.monotonic()
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        train_ds.set_epoch(epoch)
+        dl = loader(train_ds, cfg.batch_size, workers, make_sampler(cfg.sampler, train_rows.labels, cfg.seed, epoch))
+        progress = Progress(len(train_ds), f"epoch {epoch + 1}/{cfg.epochs}", "img", log=log)
+        t0, total_loss, seen = time.monotonic(), 0.0, 0
+        for x, y in dl:
+            x, y = to_device(x, device), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = loss_fn(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            total_loss += float(loss.detach()) * len(x)
+            seen += len(x)
+            progress.suffix = f"loss {total_loss / seen:.4f}"
+            progress.update(len(x))
+        sched.step()
+        train_time = time.monotonic() - t0
+
+        probs = predict_probs(model, val_dl, device)[0]
+        val_y = val_rows.labels
+        f1_05 = macro_f1_at(val_y, probs, 0.5)
+        thr, f1_best = best_global_threshold(val_y, probs)
+        val_loss = bce_from_probs(val_y, probs)
+        row = {"epoch": epoch + 1, "train_loss": total_loss / seen, "val_bce": val_loss,
+               "val_f1_at_0.5": f1_05, "val_f1_best_global": f1_best, "best_global_threshold": thr,
+               "lr": opt.param_groups[0]["lr"], "images_per_s": seen / train_time}
+        history.append(row)
+        improved = f1_best > best_f1
+        if improved:
+            best_f1 = f1_best
+            save({"model": model.state_dict(), "epoch": epoch + 1, "val_f1": f1_best,
+                  "threshold": thr, "config": asdict(cfg)}, ckpt_dir / "best.pt")
+        save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+              "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "history": history,
+              "best_f1": best_f1, "fingerprint": fingerprint}, last)
+        write_metrics(history, out / "metrics.csv")
+        done = epoch + 1 - start_epoch
+        eta = (time.monotonic() - run_start) / done * (cfg.epochs - epoch - 1)
+        log.info("epoch %d/%d: train loss %.4f, val BCE %.4f, val macro F1 %.4f at 0.5, %.4f at %.2f%s; "
+                 "%.1f img/s; ETA %s", epoch + 1, cfg.epochs, row["train_loss"], val_loss, f1_05, f1_best, thr,
+                 " (best)" if improved else "", row["images_per_s"], format_seconds(eta))
+        plot.update(history)
+        if os.environ.get(STOP_ENV) == str(epoch + 1):
+            log.warning("%s=%d: stopping abruptly after the checkpoint, as a killed job would", STOP_ENV, epoch + 1)
+            logging.shutdown()
+            os._exit(3)
+
+    with atomic_path(out / "best.pt") as tmp:
+        shutil.copyfile(ckpt_dir / "best.pt", tmp)
+    write_metrics(history, out / "metrics.csv")
+    log.info("done: best validation macro F1 %.4f", best_f1)
+    return {"best_f1": best_f1, "history": history}
+
+
+def write_metrics(history: list[dict], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
