@@ -104,6 +104,18 @@ def loader(ds: ShardDataset, batch_size: int, workers: int, sampler=None) -> Dat
                       pin_memory=torch.cuda.is_available(), drop_last=False)
 
 
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, opt: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, dtype: torch.dtype | None) -> float:
+    """One optimisation step (mixed precision when dtype is set); returns the batch loss."""
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        loss = loss_fn(model(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return float(loss.detach())
+
+
 def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str | Path) -> dict:
     """Train on every fold but cfg.fold, validate on cfg.fold; resume from out_dir if possible."""
     out = Path(out_dir)
@@ -159,13 +171,8 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
         t0, total_loss, seen = time.monotonic(), 0.0, 0
         for x, y in dl:
             x, y = to_device(x, device), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            total_loss += float(loss.detach()) * len(x)
+            loss = train_step(model, x, y, loss_fn, opt, scaler, dtype)
+            total_loss += loss * len(x)
             seen += len(x)
             progress.suffix = f"loss {total_loss / seen:.4f}"
             progress.update(len(x))

@@ -1,0 +1,43 @@
+"""Prediction on tiled shards: tiles aggregate to one row per image; TTA views saved on request."""
+
+from __future__ import annotations
+
+import cv2
+import h5py
+import numpy as np
+import torch
+
+from hpaflow.models import build_model
+from hpaflow.predict import run_predict
+from hpaflow.shards import ShardSpec, write_shard
+
+
+def test_run_predict_aggregates_tiles_and_keeps_views(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = ["a", "b", "c", "d"]
+    for i in ids:
+        for c in ["red", "green", "blue", "yellow"]:
+            cv2.imwrite(str(tmp_path / f"{i}_{c}.png"), rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    spec = dict(dataset="ds", fmt="png", images_dir=str(tmp_path), image_size=32, tiling="grid", tile_size=16)
+    labels = np.eye(28, dtype=np.uint8)[[1, 2, 3, 4]]
+    write_shard(tmp_path / "train.h5", ShardSpec(role="train", **spec), ids, labels)
+    write_shard(tmp_path / "test.h5", ShardSpec(role="test", **spec), ids[:2], None)
+    (tmp_path / "folds.csv").write_text("Id,dataset,fold\na,ds,0\nb,ds,1\nc,ds,1\nd,ds,0\n")
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    cfg = {"name": "m", "backbone": "resnet18", "color_mode": "gyb", "image_size": 16}
+    torch.save({"model": model.state_dict(), "config": cfg}, tmp_path / "best.pt")
+
+    out = tmp_path / "pred.h5"
+    run_predict(str(tmp_path / "best.pt"), [str(tmp_path / "train.h5")], [str(tmp_path / "test.h5")],
+                str(tmp_path / "folds.csv"), 1, str(out), views=[0, 3, 6], tta_combine="max",
+                tile_combine="mean", save_views=True, batch_size=3, device_name="cpu", threads=1)
+    with h5py.File(out) as h5:
+        assert h5["oof/ids"].asstr()[...].tolist() == ["b", "c"]  # fold 1, one row per image (4 tiles each)
+        assert np.array_equal(h5["oof/labels"][...], labels[[1, 2]])
+        views, probs = h5["oof/views"][...], h5["oof/probs"][...]
+        assert views.shape == (3, 2, 28) and np.allclose(probs, views.max(0))
+        assert h5["test/ids"].asstr()[...].tolist() == ["a", "b"] and "labels" not in h5["test"]
+        # b is in both: the same image gives the same probabilities.
+        assert np.allclose(h5["test/probs"][1], probs[0], atol=1e-6)
+        assert h5.attrs["views"].tolist() == [0, 3, 6] and h5.attrs["tta_combine"] == "max"
