@@ -18,6 +18,9 @@ $(VENV)/.installed: requirements.txt
 demo: venv
 	$(SNAKEMAKE) demo_data --cores $(CORES)
 	$(SNAKEMAKE) --cores $(CORES)
+	$(SNAKEMAKE) --report results/report.html
+	@$(VENV)/bin/python -c "import sys; sys.path.insert(0, 'workflow_scripts'); \
+		from hpaflow.summary import headline; print(headline('results/metrics.json'))"
 
 test: venv
 	$(VENV)/bin/python -m pytest -q tests

@@ -6,16 +6,20 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/preprocess.smk"
 include: "rules/folds.smk"
 include: "rules/train.smk"
+include: "rules/gather.smk"
 
 
 rule all:
     default_target: True
     input:
-        all_shards,
-        "results/folds.csv",
-        predictions,
+        "results/submission.csv",
+        "results/metrics.json",
+        rules.plots.output,

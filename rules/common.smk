@@ -58,12 +58,12 @@ def labels_csv(wildcards):
     return str(dataset_path(config, DATASETS[wildcards.dataset], "labels"))
 
 
+def test_labels_csvs(wildcards):
+    return [str(dataset_path(config, DATASETS[n], "labels")) for n in TEST_DATASETS]
+
+
 def train_labels_csvs(wildcards):
     return [str(dataset_path(config, DATASETS[n], "labels")) for n in TRAIN_DATASETS]
-
-
-def predictions(wildcards):
-    return expand("results/predictions/{model}/fold{fold}.h5", model=MODELS, fold=FOLDS)
 
 
 def model_settings(wildcards):

@@ -114,3 +114,48 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     wa = torch.load(run_dir / "best.pt", weights_only=False)["model"]
     wb = torch.load(straight / "results/models/m/fold0/best.pt", weights_only=False)["model"]
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
+
+
+def test_model_summary_averages_folds_and_assembles_oof(e2e):
+    for m in MODELS:
+        folds = []
+        for k in range(E2E["n_folds"]):
+            with h5py.File(e2e / f"results/predictions/{m['name']}/fold{k}.h5") as h5:
+                folds.append((h5["oof/ids"].asstr()[...], h5["oof/probs"][...], h5["test/probs"][...]))
+        with h5py.File(e2e / f"results/summary/{m['name']}.h5") as h5:
+            assert np.allclose(h5["test_probs"][...], np.mean([f[2] for f in folds], 0), atol=1e-6)
+            oof = dict(zip(h5["oof_ids"].asstr()[...], h5["oof_probs"][...]))
+            assert h5["oof_ids"].asstr()[...].tolist() == pd.read_csv(e2e / "results/folds.csv")["Id"].tolist()
+        for ids, probs, _ in folds:
+            assert all(np.array_equal(oof[i], p) for i, p in zip(ids, probs))
+
+
+def test_submission_and_metrics(e2e):
+    from hpaflow.submission import check_submission
+
+    sample = pd.read_csv(e2e / "data/demo/sample_submission.csv")["Id"].tolist()
+    sub = pd.read_csv(e2e / "results/submission.csv", keep_default_na=False)
+    check_submission(sub, sample)
+    assert (sub["Predicted"] != "").all()  # at_least_one is on by default
+
+    import json
+
+    metrics = json.loads((e2e / "results/metrics.json").read_text())
+    assert set(metrics["models"]) == {m["name"] for m in MODELS}
+    for block in [*metrics["models"].values(), metrics["ensemble"]]:
+        assert set(block["thresholds"]) == {"global", "per_class", "rate"}
+        for method in block["thresholds"].values():
+            assert 0 <= method["f1_cross_fitted"] <= 1 and 0 <= method["f1_in_sample"] <= 1
+            assert len(method["values"]) == 28
+        assert len(block["per_class_f1"]) == 28 and len(block["predicted_frequency"]) == 28
+    truth = train_truth(e2e)
+    y = encode([parse_target(t, "") for t in truth["Target"]])
+    assert np.isclose(metrics["prior_baseline"]["f1"], y.mean(0).mean(), atol=1e-4)  # 2pq/(p+q) = q when p = q
+
+
+def test_report(e2e):
+    for name in ["training_curves", "per_class_f1", "threshold_curves", "label_frequency", "image_grid"]:
+        assert (e2e / f"results/plots/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run_snakemake(e2e, "--report", "results/report.html")
+    html = (e2e / "results/report.html").read_text()
+    assert "training_curves.png" in html and "image_grid.png" in html

@@ -1,0 +1,90 @@
+rule model_summary:
+    """One model's out-of-fold probabilities (every train Id once) and fold-averaged test probabilities."""
+    input:
+        predictions=lambda wc: expand("results/predictions/{model}/fold{fold}.h5", model=wc.model, fold=FOLDS),
+        folds="results/folds.csv",
+    output:
+        "results/summary/{model}.h5",
+    log:
+        "logs/model_summary/{model}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../envs/gather.yaml"
+    script:
+        "../workflow_scripts/model_summary.py"
+
+
+rule ensemble:
+    """Ensemble, thresholds fitted out-of-fold, and every figure in metrics.json."""
+    input:
+        expand("results/summary/{model}.h5", model=MODELS),
+    output:
+        ensemble="results/ensemble.h5",
+        metrics="results/metrics.json",
+        thresholds="results/thresholds.csv",
+    params:
+        models=MODELS,
+        thresholds=config["thresholds"],
+        ensemble=config["ensemble"],
+    log:
+        "logs/ensemble.log",
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/gather.yaml"
+    script:
+        "../workflow_scripts/ensemble.py"
+
+
+rule submission:
+    """The Kaggle submission: sample_submission order, labels sorted, checked before it is written."""
+    input:
+        ensemble="results/ensemble.h5",
+        samples=test_labels_csvs,
+    output:
+        "results/submission.csv",
+    params:
+        at_least_one=config["thresholds"]["at_least_one"],
+    log:
+        "logs/submission.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/gather.yaml"
+    script:
+        "../workflow_scripts/submission.py"
+
+
+rule plots:
+    """Report figures: training curves, per-class F1, threshold curves, label frequencies, images."""
+    input:
+        metrics="results/metrics.json",
+        ensemble="results/ensemble.h5",
+        curves=expand("results/models/{model}/fold{fold}/metrics.csv", model=MODELS, fold=FOLDS),
+        shards=train_shards,
+    output:
+        curves=report("results/plots/training_curves.png", caption="report/curves.rst", category="Training"),
+        per_class=report("results/plots/per_class_f1.png", caption="report/per_class.rst", category="Scores"),
+        thresholds=report("results/plots/threshold_curves.png", caption="report/thresholds.rst", category="Scores"),
+        frequency=report("results/plots/label_frequency.png", caption="report/frequency.rst", category="Scores"),
+        images=report("results/plots/image_grid.png", caption="report/images.rst", category="Images"),
+    params:
+        models=MODELS,
+        folds=FOLDS,
+    log:
+        "logs/plots.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../envs/gather.yaml"
+    script:
+        "../workflow_scripts/plots.py"
