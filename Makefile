@@ -5,7 +5,7 @@ VENV := .venv
 CORES ?= $(shell nproc)
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-quick lint venv clean
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest -q tests
+
+test-quick: venv  # everything but the full demo run
+	$(VENV)/bin/python -m pytest -q tests -m "not slow"
 
 lint: venv
 	$(SNAKEMAKE) --lint

@@ -96,8 +96,9 @@ def prior_baseline_f1(train_rate: np.ndarray, true_rate: np.ndarray) -> float:
     return float(np.mean(np.where(p + q > 0, 2 * p * q / np.maximum(p + q, 1e-12), 0.0)))
 
 
-def score(p: Predictions, methods: list[str], final: ThresholdSettings, prior: np.ndarray) -> dict:
-    """The figures of one model (or the ensemble) for metrics.json."""
+def score(p: Predictions, methods: list[str], final: ThresholdSettings,
+          prior: np.ndarray) -> tuple[dict, dict]:
+    """The figures of one model (or the ensemble) for metrics.json, and the final method's evaluation."""
     y, probs = p.labels, p.oof_probs
     out = {"f1_at_0.5": macro_f1_at(y, probs, 0.5), "thresholds": {}}
     final_eval = None
@@ -167,7 +168,7 @@ def gather(model_files: dict[str, str], settings: dict, out_h5: str, out_json: s
                  metrics["models"][name]["f1_at_0.5"], metrics["models"][name]["f1_cross_fitted"], final.method)
 
     ens, weights, crossed_probs = ensemble(models, settings["ensemble"]["weights"], settings["ensemble"]["weight_step"])
-    ens_metrics, _ = score(ens, methods, final, prior)
+    ens_metrics, ens_eval = score(ens, methods, final, prior)
     if settings["ensemble"]["weights"] != "equal":
         # Weights and thresholds both fitted without the held-out fold.
         crossed_pred = np.zeros_like(ens.labels, bool)
@@ -183,10 +184,9 @@ def gather(model_files: dict[str, str], settings: dict, out_h5: str, out_json: s
     log.info("ensemble: out-of-fold macro F1 %.4f cross-fitted (members' mean %.4f; prior-only baseline %.4f)",
              ens_metrics["f1_cross_fitted"], member_mean, metrics["prior_baseline"]["f1"])
 
-    t_final = fit(ens.labels, ens.oof_probs, final, prior)
-    cross = evaluate(ens.labels, ens.oof_probs, ens.folds, final, prior)["cross_fitted_pred"]
+    t_final = ens_eval["thresholds"]
     save_predictions(ens, out_h5, {"weights": weights, "final_method": final.method},
-                     {"thresholds": t_final, "oof_pred_cross_fitted": cross})
+                     {"thresholds": t_final, "oof_pred_cross_fitted": ens_eval["cross_fitted_pred"]})
     with atomic_path(out_thresholds) as tmp:
         pd.DataFrame({"class": range(len(CLASS_NAMES)), "name": CLASS_NAMES, "threshold": t_final}).to_csv(
             tmp, index=False)
