@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# A one-node SLURM cluster on localhost for the tests (Debian's slurm-wlm + munge, no systemd).
+#   tests/slurm/cluster.sh start    install when missing, configure, start, wait for the node (idempotent)
+#   tests/slurm/cluster.sh stop     stop the daemons by their PID files
+#   tests/slurm/cluster.sh status   exit 0 when the node answers and is usable
+# Needs root. Partitions: cpu (default) and gpu, both on this node, without GRES.
+set -euo pipefail
+
+CONF=/etc/slurm/slurm.conf
+PIDS=(/run/slurm/slurmd.pid /run/slurm/slurmctld.pid /run/munge/munged.pid)
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and starts daemons)"
+
+install() {
+    if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
+        echo "installing slurm-wlm and munge"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+    fi
+}
+
+write_conf() {
+    local host cpus mem tmp
+    host=$(hostname -s)
+    # `slurmd -C` prints this node's hardware as slurm.conf would describe it.
+    cpus=$(slurmd -C | sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' | head -1)
+    mem=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -1)
+    mem=$((mem * 9 / 10))
+    mkdir -p /etc/slurm
+    tmp=$(mktemp)
+    cat >"$tmp" <<CONF
+# Written by tests/slurm/cluster.sh: a one-node test cluster on localhost.
+ClusterName=hpatest
+SlurmctldHost=${host}(127.0.0.1)
+SlurmUser=root
+AuthType=auth/munge
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurm/slurmctld.pid
+SlurmdPidFile=/run/slurm/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SchedulerType=sched/backfill
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+MpiDefault=none
+ReturnToService=2
+# Finished jobs stay visible to squeue for 10 min: the executor, without sacct, polls with squeue.
+MinJobAge=600
+SlurmctldTimeout=30
+SlurmdTimeout=30
+NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem} State=UNKNOWN
+PartitionName=cpu Nodes=${host} Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=${host} MaxTime=INFINITE State=UP
+CONF
+    if ! cmp -s "$tmp" "$CONF"; then
+        mv "$tmp" "$CONF"
+        chmod 644 "$CONF"
+        echo "wrote $CONF (node $host, $cpus CPUs, $mem MB)"
+        return 0
+    fi
+    rm -f "$tmp"
+    return 1
+}
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+node_ready() {
+    local state
+    state=$(sinfo -h -n "$(hostname -s)" -o %T 2>/dev/null | head -1)
+    case "$state" in idle|mixed|allocated|completing) return 0 ;; *) return 1 ;; esac
+}
+
+start() {
+    install
+    local changed=0
+    write_conf && changed=1
+    if [ "$changed" -eq 0 ] && alive /run/slurm/slurmctld.pid && alive /run/slurm/slurmd.pid && node_ready; then
+        echo "cluster already up"
+        return 0
+    fi
+    stop >/dev/null 2>&1 || true
+    mkdir -p /run/munge /run/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /var/log/munge /var/lib/munge
+    if [ ! -s /etc/munge/munge.key ]; then
+        dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    fi
+    chown munge:munge /etc/munge/munge.key /run/munge /var/log/munge /var/lib/munge
+    chmod 400 /etc/munge/munge.key
+    chmod 755 /run/munge
+    runuser -u munge -- /usr/sbin/munged
+    /usr/sbin/slurmctld
+    /usr/sbin/slurmd
+    for _ in $(seq 1 60); do
+        if node_ready; then
+            echo "cluster up: $(sinfo -h -o '%P %T %c CPUs %m MB' | tr '\n' ';')"
+            return 0
+        fi
+        # A node left DOWN by an earlier run of these daemons comes back on request.
+        scontrol update NodeName="$(hostname -s)" State=RESUME >/dev/null 2>&1 || true
+        sleep 1
+    done
+    tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
+    die "node not idle after 60 s"
+}
+
+stop() {
+    local pid
+    for f in "${PIDS[@]}"; do
+        if alive "$f"; then
+            pid=$(cat "$f")
+            kill "$pid"
+            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        fi
+        rm -f "$f"
+    done
+    echo "cluster stopped"
+}
+
+case "${1:-start}" in
+    start) start ;;
+    stop) stop ;;
+    status) alive /run/slurm/slurmctld.pid && alive /run/slurm/slurmd.pid && node_ready ;;
+    *) die "usage: $0 start|stop|status" ;;
+esac
