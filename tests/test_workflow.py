@@ -161,7 +161,8 @@ def test_full_scale_plan_has_no_per_image_jobs(workflow_dir, tmp_path):
                          "--config", f"data_root={tmp_path}")
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
     # 31,072 / 1024 -> 31 shards, 74,606 -> 73, 11,702 -> 12; 3 models x 5 folds.
-    assert counts == {"shard": "116", "folds": "1", "train": "15", "predict": "15", "all": "1", "total": "148"}
+    assert counts == {"shard": "116", "folds": "1", "train": "15", "predict": "15", "model_summary": "3",
+                      "ensemble": "1", "submission": "1", "plots": "1", "all": "1", "total": "154"}
     gpus = re.findall(r"^rule (train|predict):\n(?:    .*\n)*?    resources: .*?\bgpu=(\d+)", proc.stdout, re.M)
     assert len(gpus) == 30 and all(n == "1" for _, n in gpus), gpus
 
