@@ -1,4 +1,4 @@
-"""Training-step throughput (images/s) per backbone: real HDF5 loader vs tensors already in memory,
+"""Training-step throughput (images/s) per backbone: real HDF5 loader vs batches already in memory,
 fp32 vs mixed precision (+ channels_last on CUDA). The gap between the two columns is the loader's cost.
 
     .venv/bin/python benchmarks/train_step.py --size 64 --backbones resnet18          # CPU, quick
@@ -21,10 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
 
+from hpaflow.augment import prepare_batch  # noqa: E402
 from hpaflow.data import ShardDataset, ShardRows  # noqa: E402
 from hpaflow.losses import LOSSES  # noqa: E402
 from hpaflow.models import build_model  # noqa: E402
-from hpaflow.runtime import autocast_dtype, pick_device, to_device  # noqa: E402
+from hpaflow.runtime import autocast_dtype, pick_device  # noqa: E402
 from hpaflow.train import train_step  # noqa: E402
 from hpaflow.transforms import CHANNELS  # noqa: E402
 
@@ -46,7 +47,7 @@ def make_shard(path: Path, n: int, size: int) -> None:
         h5.create_dataset("labels", data=encode(sets))
 
 
-def run(model, batches, device, dtype, steps: int, warmup: int) -> float:
+def run(model, batches, device, dtype, steps: int, warmup: int, mode: str) -> float:
     """Images/s over `steps` steps after `warmup`, with the device synchronised before each clock read."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -58,8 +59,8 @@ def run(model, batches, device, dtype, steps: int, warmup: int) -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0, n = time.perf_counter(), 0
-        x, y = next(it)
-        x, y = to_device(x, device), y.to(device, non_blocking=True)
+        rgby, params, y = next(it)
+        x, y = prepare_batch(rgby, mode, device, params), y.to(device, non_blocking=True)
         train_step(model, x, y, loss_fn, opt, scaler, dtype)
         n += len(x)
     if device.type == "cuda":
@@ -86,12 +87,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shard = Path(tmp) / "bench.h5"
         make_shard(shard, min(n_images, 512), args.size)
-        ds = ShardDataset(ShardRows.from_files([shard]), args.color_mode, args.size, train=True)
+        ds = ShardDataset(ShardRows.from_files([shard]), args.size, train=True)
         sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=n_images)
         loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
                                              pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
-        x0, y0 = next(iter(torch.utils.data.DataLoader(ds, batch_size=args.batch)))
-        in_memory = [(x0, y0)] * (args.steps + args.warmup)
+        # The same first batch over and over, already read: what the step costs without the loader.
+        first = next(iter(torch.utils.data.DataLoader(ds, batch_size=args.batch)))
+        in_memory = [first] * (args.steps + args.warmup)
         precisions = [("fp32", None)] + ([("mixed", autocast_dtype(device))] if device.type == "cuda" else [])
         for backbone in args.backbones:
             for label, dtype in precisions:
@@ -100,8 +102,8 @@ def main() -> None:
                 if dtype is not None:  # the training loop uses channels_last with mixed precision on CUDA
                     model = model.to(memory_format=torch.channels_last)
                 model.train()
-                mem = run(model, in_memory, device, dtype, args.steps, args.warmup)
-                real = run(model, loader, device, dtype, args.steps, args.warmup)
+                mem = run(model, in_memory, device, dtype, args.steps, args.warmup, args.color_mode)
+                real = run(model, loader, device, dtype, args.steps, args.warmup, args.color_mode)
                 rows.append({"backbone": backbone, "size": args.size, "batch": args.batch, "device": str(device),
                              "precision": label if dtype is None else f"{label} ({str(dtype)[6:]})",
                              "in_memory_img_s": round(mem, 1), "loader_img_s": round(real, 1),

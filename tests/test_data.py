@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from hpaflow.augment import prepare_batch
 from hpaflow.data import ShardDataset, ShardRows, fold_of, make_sampler, rare_class_weights
-from hpaflow.transforms import MEAN, STD
+from hpaflow.transforms import IDENTITY, MEAN, STD
 
 
 def tiny_shard(path, ids, images, labels=None):
@@ -34,25 +35,30 @@ def two_shards(tmp_path):
 def test_known_pixels_come_out_composed_and_labelled(two_shards):
     rows = ShardRows.from_files(two_shards)
     assert rows.ids.tolist() == ["a", "b", "c", "d"] and rows.file_index.tolist() == [0, 0, 0, 1]
-    ds = ShardDataset(rows, "gyb", 8)
-    x, y = ds[0]
+    ds = ShardDataset(rows, 8)
+    rgby, params, y = ds[0]
+    assert rgby.dtype == torch.uint8 and rgby.shape == (4, 8, 8) and rgby[:, 5, 5].tolist() == [10, 200, 30, 90]
+    assert params.tolist() == IDENTITY.tolist() and y.tolist() == np.eye(28)[3].tolist()
+    x = prepare_batch(rgby[None], "gyb", torch.device("cpu"))
     r, g, b, yy = 10 / 255, 200 / 255, 30 / 255, 90 / 255
     expected = (np.array([g, (r + yy) / 2, (b + yy) / 2]) - MEAN[:3]) / STD[:3]
-    assert x.shape == (3, 8, 8) and torch.allclose(x[:, 5, 5], torch.tensor(expected, dtype=torch.float32))
-    assert y.tolist() == np.eye(28)[3].tolist()
-    x4, _ = ShardDataset(rows, "rgby", 8)[1]
-    assert torch.allclose(x4[:, 2, 3], torch.tensor((np.array([1, 0, 0, 1]) - MEAN) / STD, dtype=torch.float32))
-    assert ShardDataset(rows, "rgb", 4)[3][0].shape == (3, 4, 4)  # resized to the model's size
+    assert x.shape == (1, 3, 8, 8) and torch.allclose(x[0, :, 5, 5], torch.tensor(expected, dtype=torch.float32))
+    x4 = prepare_batch(ds[1][0][None], "rgby", torch.device("cpu"))
+    assert torch.allclose(x4[0, :, 2, 3], torch.tensor((np.array([1, 0, 0, 1]) - MEAN) / STD, dtype=torch.float32))
+    assert ShardDataset(rows, 4)[3][0].shape == (4, 4, 4)  # resized to the model's size
 
 
 def test_loader_workers_open_files_lazily(two_shards):
-    ds = ShardDataset(ShardRows.from_files(two_shards), "gyb", 8, train=True, seed=1)
+    ds = ShardDataset(ShardRows.from_files(two_shards), 8, train=True, seed=1)
     ds.read(0)  # the parent holds a handle; workers must not inherit it
-    batches = [y for _, y in DataLoader(ds, batch_size=2, num_workers=2)]
-    assert torch.equal(torch.cat(batches), torch.from_numpy(ds.rows.labels.astype(np.float32)))
-    a = torch.stack([ds[i][0] for i in range(4)])
-    b = torch.cat([x for x, _ in DataLoader(ds, batch_size=3, num_workers=1)])
-    assert torch.equal(a, b)  # augmentation depends on (seed, epoch, index) only
+    batches = list(DataLoader(ds, batch_size=2, num_workers=2))
+    assert torch.equal(torch.cat([y for _, _, y in batches]), torch.from_numpy(ds.rows.labels.astype(np.float32)))
+    assert torch.equal(torch.cat([x for x, _, _ in batches]), torch.stack([ds[i][0] for i in range(4)]))
+    # Augmentation parameters depend on (seed, epoch, index) only.
+    a = torch.stack([ds[i][1] for i in range(4)])
+    assert torch.equal(a, torch.cat([p for _, p, _ in DataLoader(ds, batch_size=3, num_workers=1)]))
+    ds.set_epoch(1)
+    assert not torch.equal(a, torch.stack([ds[i][1] for i in range(4)]))
 
 
 def test_fold_lookup(two_shards, tmp_path):

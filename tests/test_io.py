@@ -46,6 +46,9 @@ def test_uint16_rule():
     assert uint16_to_uint8(v).tolist() == [0, 0, 1, 1, 127, 128, 255]
     every8 = np.arange(256, dtype=np.uint16)
     assert np.array_equal(uint16_to_uint8(every8 * 257), every8)
+    every16 = np.arange(65536, dtype=np.uint64)
+    exact = (every16 * 255 + 32767) // 65535  # round(v * 255 / 65535) in integers
+    assert np.array_equal(uint16_to_uint8(every16.astype(np.uint16).reshape(256, 256)).ravel(), exact)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

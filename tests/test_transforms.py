@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hpaflow.predict import aggregate_tiles, dihedral_batch
-from hpaflow.transforms import MEAN, STD, augment, combine, compose, dihedral, normalize
+from hpaflow.augment import augment_batch, compose_batch, dihedral_batch, normalize_batch
+from hpaflow.predict import aggregate_tiles
+from hpaflow.transforms import IDENTITY, MEAN, STD, combine, compose, dihedral, sample_params
 
 
 def test_compose_known_pixels():
@@ -16,7 +17,11 @@ def test_compose_known_pixels():
     assert np.allclose(compose(px, "gyb")[0, 0], [g, (r + y) / 2, (b + y) / 2])
     assert np.allclose(compose(px, "rgb")[0, 0], [r, g, b])
     assert np.allclose(compose(px, "rgby")[0, 0], [r, g, b, y])
-    assert np.allclose(normalize(compose(px, "rgby"))[0, 0], (np.array([r, g, b, y]) - MEAN) / STD)
+    t = torch.from_numpy(px.transpose(2, 0, 1)[None].copy())
+    for mode in ["gyb", "rgb", "rgby"]:  # the batch version computes the numpy definition
+        assert np.allclose(compose_batch(t, mode)[0, :, 0, 0].numpy(), compose(px, mode)[0, 0])
+    normalized = normalize_batch(compose_batch(t, "rgby"))[0, :, 0, 0].numpy()
+    assert np.allclose(normalized, (np.array([r, g, b, y]) - MEAN) / STD)
 
 
 def test_eight_distinct_dihedral_views():
@@ -52,9 +57,22 @@ def test_aggregate_tiles_per_image_in_first_seen_order():
     assert mx.shape == (1, 3, 1) and np.allclose(mx[0, :, 0], [0.3, 0.9, 0.7])
 
 
-def test_augment_is_deterministic_per_generator_and_stays_in_range():
-    x = np.random.default_rng(0).random((16, 16, 3)).astype(np.float32)
-    a = augment(x, np.random.default_rng([1, 2, 3]))
-    assert np.array_equal(a, augment(x, np.random.default_rng([1, 2, 3])))
-    assert not np.array_equal(a, augment(x, np.random.default_rng([1, 2, 4])))
-    assert a.shape == x.shape and a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
+def test_augment_params_are_deterministic_per_generator():
+    a = sample_params(np.random.default_rng([1, 2, 3]))
+    assert np.array_equal(a, sample_params(np.random.default_rng([1, 2, 3])))
+    assert not np.array_equal(a, sample_params(np.random.default_rng([1, 2, 4])))
+    assert 0 <= a[0] < 8 and abs(a[1]) <= 15 and 0.9 <= a[2] <= 1.1
+
+
+def test_augment_batch_identity_views_and_range():
+    x = torch.rand(3, 3, 12, 12)
+    ident = torch.from_numpy(np.stack([IDENTITY] * 3))
+    assert torch.allclose(augment_batch(x, ident), x, atol=1e-6)
+    views = ident.clone()
+    views[:, 0] = torch.tensor([0, 3, 6])
+    out = augment_batch(x, views)
+    for i, v in enumerate([0, 3, 6]):  # each sample gets its own dihedral view
+        assert torch.equal(out[i], dihedral_batch(x[i:i + 1], v)[0])
+    rnd = torch.from_numpy(np.stack([sample_params(np.random.default_rng(k)) for k in range(3)]))
+    out = augment_batch(x, rnd)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, x)

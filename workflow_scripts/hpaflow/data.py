@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
 from .labels import NUM_CLASSES
-from .transforms import augment, compose, normalize, resize
+from .transforms import IDENTITY, resize, sample_params
 
 
 @dataclass
@@ -62,16 +62,17 @@ def fold_of(rows: ShardRows, folds_csv: str | Path) -> np.ndarray:
 
 
 class ShardDataset(Dataset):
-    """Samples as normalised float tensors (C, size, size) and float label vectors.
+    """Samples as uint8 RGBY tensors (4, size, size), augmentation parameters (7,) and labels (28,).
 
-    HDF5 files are opened on first use in each process (a DataLoader worker must not inherit
-    an open handle). Augmentation draws from a generator seeded by (seed, epoch, index), so a
-    sample's augmentation is the same whatever the worker count or a resume.
+    Only reading happens here: composition, augmentation and normalisation run on whole batches
+    on the training device (`augment.prepare_batch`). HDF5 files are opened on first use in each
+    process (a DataLoader worker must not inherit an open handle). Parameters come from a
+    generator seeded by (seed, epoch, index), so a sample's augmentation is the same whatever the
+    worker count or a resume; without `train` they are the identity.
     """
 
-    def __init__(self, rows: ShardRows, color_mode: str, size: int, train: bool = False,
-                 seed: int = 0) -> None:
-        self.rows, self.color_mode, self.size, self.train, self.seed = rows, color_mode, size, train, seed
+    def __init__(self, rows: ShardRows, size: int, train: bool = False, seed: int = 0) -> None:
+        self.rows, self.size, self.train, self.seed = rows, size, train, seed
         self.epoch = 0
         self._handles: dict[int, h5py.File] = {}
         self._pid = -1
@@ -90,13 +91,12 @@ class ShardDataset(Dataset):
             self._handles[k] = h5py.File(self.rows.files[k], "r")
         return self._handles[k]["images"][int(self.rows.row[i])]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = resize(compose(self.read(i), self.color_mode), self.size)
-        if self.train:
-            x = augment(x, np.random.default_rng([self.seed, self.epoch, i]))
-        x = torch.from_numpy(np.ascontiguousarray(normalize(x).transpose(2, 0, 1)))
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = resize(self.read(i), self.size)
+        params = sample_params(np.random.default_rng([self.seed, self.epoch, i])) if self.train else IDENTITY
         y = self.rows.labels[i] if self.rows.labels is not None else np.zeros(NUM_CLASSES, np.uint8)
-        return x, torch.from_numpy(y.astype(np.float32))
+        return (torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), torch.from_numpy(params),
+                torch.from_numpy(y.astype(np.float32)))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

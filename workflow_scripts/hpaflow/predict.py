@@ -10,31 +10,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .augment import dihedral_batch, prepare_batch
 from .data import ShardDataset, ShardRows, fold_of
 from .io import atomic_path
 from .models import build_model
-from .runtime import autocast_dtype, pick_device, to_device
+from .runtime import autocast_dtype, pick_device
 from .transforms import CHANNELS, combine
 
 log = logging.getLogger("hpaflow")
 
 
-def dihedral_batch(x: torch.Tensor, view: int) -> torch.Tensor:
-    """transforms.dihedral on a batch (B, C, H, W): flip W if view >= 4, then rot90 x (view % 4)."""
-    if view >= 4:
-        x = torch.flip(x, dims=(3,))
-    return torch.rot90(x, view % 4, dims=(2, 3))
-
-
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, dl: DataLoader, device: torch.device,
+def predict_probs(model: torch.nn.Module, dl: DataLoader, device: torch.device, color_mode: str,
                   views: tuple[int, ...] = (0,)) -> np.ndarray:
     """Sigmoid probabilities of each view: float32 (V, N, 28)."""
     model.eval()
     dtype = autocast_dtype(device)
     out = []
-    for x, _ in dl:
-        x = to_device(x, device)
+    for rgby, _, _ in dl:
+        x = prepare_batch(rgby, color_mode, device)
         per_view = []
         for v in views:
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -75,9 +69,9 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.M
 def predict_rows(model, cfg: dict, rows: ShardRows, device, views, tta_combine: str, tile_combine: str,
                  batch_size: int, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, probs (M, 28), per-view probs (V, M, 28)) with tiles aggregated to their image."""
-    ds = ShardDataset(rows, cfg["color_mode"], cfg["image_size"])
+    ds = ShardDataset(rows, cfg["image_size"])
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
-    per_view = predict_probs(model, dl, device, tuple(views))
+    per_view = predict_probs(model, dl, device, cfg["color_mode"], tuple(views))
     ids, per_view = aggregate_tiles(rows.ids, per_view, tile_combine)
     return ids, combine(per_view, tta_combine), per_view
 

@@ -20,8 +20,3 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
-
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a batch; NHWC (channels_last) on CUDA, where convolutions run faster in it."""
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x

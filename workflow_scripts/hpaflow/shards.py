@@ -31,6 +31,7 @@ log = logging.getLogger("hpaflow")
 COMPRESSIONS = {"none": {}, "lzf": {"compression": "lzf"},
                 "gzip": {"compression": "gzip", "compression_opts": 4}}
 MAX_ERRORS_SHOWN = 20
+WRITE_BLOCK = 16  # images per HDF5 write call
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,9 @@ def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.nda
             images = h5.create_dataset("images", (n_rows, s, s, 4), np.uint8,
                                        chunks=(1, s, s, 4), **COMPRESSIONS[spec.compression])
             origin = np.zeros((n_rows, 2), np.int32)
-            row = 0
+            # Rows go to HDF5 in blocks: one write call per image costs more than the copy.
+            block = np.empty((WRITE_BLOCK * spec.tiles_per_image, s, s, 4), np.uint8)
+            row = filled = 0
             for image_id in ids:
                 try:
                     tiles, origins = prepare_image(read_rgby(spec.images_dir, image_id, spec.fmt), spec)
@@ -107,10 +110,16 @@ def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.nda
                     progress.update()
                     continue
                 if not errors:  # once one Id failed only checking goes on; the file is dropped
-                    images[row:row + len(tiles)] = tiles
+                    block[filled:filled + len(tiles)] = tiles
                     origin[row:row + len(tiles)] = origins
+                    filled += len(tiles)
+                    if filled == len(block):
+                        images[row + len(tiles) - filled:row + len(tiles)] = block
+                        filled = 0
                 row += len(tiles)
                 progress.update()
+            if filled and not errors:
+                images[row - filled:row] = block[:filled]
             if errors:
                 shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
                 more = len(errors) - MAX_ERRORS_SHOWN

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from .augment import prepare_batch
 from .data import ShardDataset, ShardRows, fold_of, make_sampler
 from .io import atomic_path
 from .losses import LOSSES
@@ -32,7 +33,7 @@ from .metrics import bce_from_probs, best_global_threshold, macro_f1_at
 from .models import build_model
 from .predict import predict_probs
 from .progress import Progress, format_seconds
-from .runtime import autocast_dtype, pick_device, to_device
+from .runtime import autocast_dtype, pick_device
 from .transforms import CHANNELS
 from .visdom import VisdomPlot
 
@@ -131,8 +132,8 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
         raise ValueError(f"fold {cfg.fold}: {len(train_rows)} train and {len(val_rows)} validation samples")
     log.info("model %s fold %d: %d train, %d validation samples, %s on %s (%d loader workers)",
              cfg.name, cfg.fold, len(train_rows), len(val_rows), cfg.backbone, device, workers)
-    train_ds = ShardDataset(train_rows, cfg.color_mode, cfg.image_size, train=cfg.augment, seed=cfg.seed)
-    val_dl = loader(ShardDataset(val_rows, cfg.color_mode, cfg.image_size), cfg.batch_size, workers)
+    train_ds = ShardDataset(train_rows, cfg.image_size, train=cfg.augment, seed=cfg.seed)
+    val_dl = loader(ShardDataset(val_rows, cfg.image_size), cfg.batch_size, workers)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, CHANNELS[cfg.color_mode], cfg.pretrained, cfg.pretrained_dir).to(device)
@@ -169,8 +170,9 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
         dl = loader(train_ds, cfg.batch_size, workers, make_sampler(cfg.sampler, train_rows.labels, cfg.seed, epoch))
         progress = Progress(len(train_ds), f"epoch {epoch + 1}/{cfg.epochs}", "img", log=log)
         t0, total_loss, seen = time.monotonic(), 0.0, 0
-        for x, y in dl:
-            x, y = to_device(x, device), y.to(device, non_blocking=True)
+        for rgby, params, y in dl:
+            x = prepare_batch(rgby, cfg.color_mode, device, params if cfg.augment else None)
+            y = y.to(device, non_blocking=True)
             loss = train_step(model, x, y, loss_fn, opt, scaler, dtype)
             total_loss += loss * len(x)
             seen += len(x)
@@ -179,7 +181,7 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
         sched.step()
         train_time = time.monotonic() - t0
 
-        probs = predict_probs(model, val_dl, device)[0]
+        probs = predict_probs(model, val_dl, device, cfg.color_mode)[0]
         val_y = val_rows.labels
         f1_05 = macro_f1_at(val_y, probs, 0.5)
         thr, f1_best = best_global_threshold(val_y, probs)

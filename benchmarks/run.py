@@ -1,0 +1,262 @@
+"""Benchmarks against the physical floor and the peers' way of loading; one process, its own data.
+
+    .venv/bin/python benchmarks/run.py --quick      # < 5 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py              # more images, steadier numbers
+
+Prints a table and writes results/benchmarks.json (keys include preprocess_png_ratio,
+loader_speedup_vs_png, thresholds_100k_seconds, dryrun_fullscale_seconds, dryrun_demo_seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow_scripts"))
+
+from hpaflow.data import ShardDataset, ShardRows  # noqa: E402
+from hpaflow.demo import render, sample_label_sets, write_hpav18_jpeg, write_png  # noqa: E402
+from hpaflow.io import COLORS, EXTENSIONS  # noqa: E402
+from hpaflow.labels import encode  # noqa: E402
+from hpaflow.shards import COMPRESSIONS, ShardSpec, write_shard  # noqa: E402
+from hpaflow.thresholds import ThresholdSettings, fit  # noqa: E402
+from hpaflow.transforms import MEAN, STD, compose, dihedral  # noqa: E402
+
+
+def rate(n: int, fn, *args, repeat: int = 1) -> float:
+    """Items per second of fn(*args) over n items, best of `repeat` runs (the least disturbed)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return n / best
+
+
+def make_images(d: Path, n: int, side: int, fmt: str) -> tuple[list[str], np.ndarray]:
+    """n synthetic fields drawn at 512 px, written at `side` in format fmt."""
+    d.mkdir(parents=True, exist_ok=True)
+    sets = sample_label_sets(n, np.random.default_rng(0))
+    ids = [f"img{i:05d}" for i in range(n)]
+    for i, (image_id, labels) in enumerate(zip(ids, sets)):
+        rgby = render(labels, 512, np.random.default_rng(i))
+        if side != 512:
+            rgby = cv2.resize(rgby, (side, side), interpolation=cv2.INTER_LINEAR)
+        if fmt == "png":
+            write_png(d, image_id, rgby)
+        elif fmt == "tiff":  # full-size release style: 16-bit
+            for c, color in enumerate(COLORS):
+                tifffile.imwrite(d / f"{image_id}_{color}.tif", rgby[:, :, c].astype(np.uint16) * 257)
+        else:
+            write_hpav18_jpeg(d, image_id, rgby)
+    return ids, encode(sets)
+
+
+def decode_floor(d: Path, ids: list[str], fmt: str) -> None:
+    """The floor: decoding the 4 channel files and nothing else."""
+    for image_id in ids:
+        for color in COLORS:
+            p = d / f"{image_id}_{color}.{EXTENSIONS[fmt]}"
+            if fmt == "tiff":
+                tifffile.imread(p)
+            else:
+                cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+
+
+def bench_preprocess(tmp: Path, n: int) -> dict:
+    out = {}
+    for fmt, side in [("png", 512), ("tiff", 2048), ("jpg", 1728)]:
+        d = tmp / f"src_{fmt}"
+        ids, labels = make_images(d, n, side, fmt)
+        floor = rate(n, decode_floor, d, ids, fmt, repeat=2)
+        spec = ShardSpec("bench", fmt, str(d), "train", 512)
+        shard = rate(n, write_shard, tmp / f"{fmt}.h5", spec, ids, labels, repeat=2)
+        out[fmt] = {"source_side": side, "decode_floor_img_s": round(floor, 1), "shard_img_s": round(shard, 1),
+                    "ratio": round(shard / floor, 3)}
+    return out
+
+
+def peers_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The peers' CPU augmentation of a float (H, W, C) image: dihedral view, small affine,
+    brightness/contrast, then normalisation, as their loaders did per sample."""
+    x = np.ascontiguousarray(dihedral(x, int(rng.integers(8))))
+    h, w = x.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-15, 15), rng.uniform(0.9, 1.1))
+    m[:, 2] += rng.uniform(-0.05, 0.05, 2) * (w, h)
+    x = cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    x = np.clip(x * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05), 0, 1)
+    return (x - MEAN[: x.shape[2]]) / STD[: x.shape[2]]
+
+
+class PngDataset:
+    """The peers' loader: decode the 4 PNGs of a sample every time, compose and augment on the CPU."""
+
+    def __init__(self, d: Path, ids: list[str], mode: str = "gyb") -> None:
+        self.d, self.ids, self.mode = d, ids, mode
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        rgby = np.stack([cv2.imread(str(self.d / f"{self.ids[i]}_{c}.png"), cv2.IMREAD_GRAYSCALE) for c in COLORS], -1)
+        x = peers_augment(compose(rgby, self.mode), np.random.default_rng(i))
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def read_all(dataset, order) -> None:
+    for i in order:
+        dataset[int(i)]
+
+
+def bench_loader(tmp: Path, n: int) -> dict:
+    d = tmp / "src_png"
+    ids = sorted({p.name.rsplit("_", 1)[0] for p in d.glob("*_red.png")})[:n]
+    order = np.random.default_rng(1).permutation(len(ids))
+    out = {}
+    # Ours reads uint8 RGBY and draws augmentation parameters; the float work runs batched on the
+    # training device (augment.prepare_batch), which the train-step benchmark times.
+    ours = ShardDataset(ShardRows.from_files([tmp / "png.h5"]), 512, train=True)
+    peers = PngDataset(d, ids)
+    out["ours_samples_s"] = round(rate(len(order), read_all, ours, order, repeat=2), 1)
+    out["png_samples_s"] = round(rate(len(order), read_all, peers, order, repeat=2), 1)
+    out["speedup"] = round(out["ours_samples_s"] / out["png_samples_s"], 2)
+    # Codecs: random single-image reads, and size per image.
+    images = h5py.File(tmp / "png.h5", "r")["images"][...]
+    codecs = {}
+    for name, kw in COMPRESSIONS.items():
+        p = tmp / f"codec_{name}.h5"
+        with h5py.File(p, "w") as h5:
+            h5.create_dataset("images", data=images, chunks=(1,) + images.shape[1:], **kw)
+        with h5py.File(p, "r", rdcc_nbytes=0) as h5:  # no chunk cache: every read decodes
+            ds = h5["images"]
+            codecs[name] = {"read_img_s": round(rate(len(order), read_all, ds, order, repeat=3), 1),
+                            "mb_per_img": round(os.path.getsize(p) / len(images) / 1e6, 3)}
+    out["codecs"] = codecs
+    return out
+
+
+def bench_thresholds() -> dict:
+    out = {}
+    rng = np.random.default_rng(0)
+    for n in (10_000, 30_000, 100_000):
+        y = (rng.random((n, 28)) < np.linspace(0.002, 0.4, 28)).astype(np.uint8)
+        p = np.clip(y * 0.3 + rng.random((n, 28)) * 0.7, 0, 1).astype(np.float32)
+        t0 = time.perf_counter()
+        fit(y, p, ThresholdSettings("per_class"))
+        out[n] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def full_scale_csvs(d: Path) -> None:
+    """The three real competition csvs when ../shared has them, else stand-ins with the same row counts."""
+    shared = REPO.parent / "shared" / "data" / "hpa"
+    names = ["train.csv", "sample_submission.csv", "HPAv18RBGY_wodpl.csv"]
+    if all((shared / n).exists() for n in names):
+        for n in names:
+            shutil.copy(shared / n, d / n)
+        return
+    rng = np.random.default_rng(0)
+    for name, rows, col in [("train.csv", 31072, "Target"), ("sample_submission.csv", 11702, "Predicted"),
+                            ("HPAv18RBGY_wodpl.csv", 74606, "Target")]:
+        lines = [f"id{name[:3]}{i},{rng.integers(28) if col == 'Target' else 0}" for i in range(rows)]
+        (d / name).write_text(f"Id,{col}\n" + "\n".join(lines) + "\n")
+
+
+def bench_dryrun(tmp: Path) -> dict:
+    snakemake = [sys.executable, "-m", "snakemake", "-n", "--quiet", "all"]
+    data = tmp / "fullscale"
+    data.mkdir()
+    full_scale_csvs(data)
+    demo = tmp / "demo_wf"
+    for name in ["Snakefile", "rules", "workflow_scripts", "config", "envs"]:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, demo / name)
+    subprocess.run([sys.executable, "-m", "snakemake", "demo_data", "--cores", "1", "--quiet", "all"], cwd=demo,
+                   check=True, capture_output=True)
+    out = {}
+    for label, args in [("fullscale", ["--configfile", "config/hpa_kaggle.yaml", "--config", f"data_root={data}"]),
+                        ("demo", [])]:
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            subprocess.run(snakemake + args, cwd=demo, check=True, capture_output=True)
+            best = min(best, time.perf_counter() - t0)
+        out[label] = round(best, 2)
+    return out
+
+
+def bench_train_step(quick: bool) -> list[dict]:
+    out = Path(tempfile.mkdtemp()) / "train_step.json"
+    size, steps = ("64", "3") if quick else ("128", "5")
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--size", size, "--batch", "16",
+                    "--steps", steps, "--warmup", "1", "--backbones", "resnet18", "se_resnet50", "--out", str(out)],
+                   check=True, capture_output=True)
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer images (under 5 minutes on 2 cores)")
+    ap.add_argument("--images", type=int, help="images per preprocessing benchmark (default 24 quick, 96 full)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["preprocess", "loader", "thresholds", "dryrun", "train"])
+    ap.add_argument("--out", default="results/benchmarks.json")
+    args = ap.parse_args()
+    n = args.images or (24 if args.quick else 96)
+    res: dict = {"quick": args.quick, "images": n, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        if "preprocess" not in args.skip:
+            res["preprocess"] = bench_preprocess(tmp, n)
+            res["preprocess_png_ratio"] = res["preprocess"]["png"]["ratio"]
+        if "loader" not in args.skip and "preprocess" not in args.skip:
+            res["loader"] = bench_loader(tmp, n)
+            res["loader_speedup_vs_png"] = res["loader"]["speedup"]
+        if "thresholds" not in args.skip:
+            res["thresholds_seconds"] = bench_thresholds()
+            res["thresholds_100k_seconds"] = res["thresholds_seconds"][100_000]
+        if "dryrun" not in args.skip:
+            res["dryrun"] = bench_dryrun(tmp)
+            res["dryrun_fullscale_seconds"] = res["dryrun"]["fullscale"]
+            res["dryrun_demo_seconds"] = res["dryrun"]["demo"]
+        if "train" not in args.skip:
+            res["train_step"] = bench_train_step(args.quick)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print_table(res)
+
+
+def print_table(res: dict) -> None:
+    print(f"\nbenchmarks ({res['images']} images per preprocessing run, {res['cpus']} CPUs)")
+    for fmt, r in res.get("preprocess", {}).items():
+        print(f"  preprocess {fmt:<5} {r['source_side']:>5} px -> 512: shard {r['shard_img_s']:>7} img/s, "
+              f"decode floor {r['decode_floor_img_s']:>7} img/s, ratio {r['ratio']:.2f} (goal >= 0.85)")
+    if "loader" in res:
+        r = res["loader"]
+        print(f"  loader: shards {r['ours_samples_s']} samples/s vs 4 PNGs per sample {r['png_samples_s']} "
+              f"samples/s per worker: {r['speedup']:.1f}x (goal >= 8x)")
+        for name, c in r["codecs"].items():
+            print(f"    codec {name:<5} random reads {c['read_img_s']:>8} img/s, {c['mb_per_img']} MB/img")
+    if "thresholds_seconds" in res:
+        t = res["thresholds_seconds"]
+        print("  per-class thresholds on N x 28: " + ", ".join(f"{k:,}: {v} s" for k, v in t.items())
+              + " (goal < 1 s at 100,000)")
+    if "dryrun" in res:
+        print(f"  snakemake -n: full scale {res['dryrun']['fullscale']} s, demo {res['dryrun']['demo']} s")
+    for r in res.get("train_step", []):
+        print(f"  train step {r['backbone']} {r['size']} px {r['device']} {r['precision']}: "
+              f"{r['in_memory_img_s']} img/s in memory, {r['loader_img_s']} with the loader")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Batch preparation on the training device: colour composition, augmentation, normalisation.
+
+Loader workers only read uint8 RGBY images and draw each sample's augmentation parameters
+(`transforms.sample_params`); the floating-point work runs here on whole batches, on the GPU
+when there is one, so the CPUs of a GPU node keep up with it (benchmarks/).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .transforms import COLOR_MATRICES, MEAN, STD
+
+
+def dihedral_batch(x: torch.Tensor, view: int) -> torch.Tensor:
+    """transforms.dihedral on a batch (B, C, H, W): flip W if view >= 4, then rot90 x (view % 4)."""
+    if view >= 4:
+        x = torch.flip(x, dims=(3,))
+    return torch.rot90(x, view % 4, dims=(2, 3))
+
+
+def compose_batch(rgby: torch.Tensor, mode: str) -> torch.Tensor:
+    """uint8 (B, 4, H, W) -> float (B, C, H, W) in [0, 1]."""
+    m = torch.as_tensor(COLOR_MATRICES[mode], device=rgby.device)
+    return torch.einsum("ck,bkhw->bchw", m, rgby.float() / 255.0)
+
+
+def normalize_batch(x: torch.Tensor) -> torch.Tensor:
+    c = x.shape[1]
+    mean = torch.as_tensor(MEAN[:c], device=x.device).view(1, c, 1, 1)
+    std = torch.as_tensor(STD[:c], device=x.device).view(1, c, 1, 1)
+    return (x - mean) / std
+
+
+def augment_batch(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Apply each sample's parameters (B, 7) to x (B, C, H, W) in [0, 1] (see transforms.sample_params)."""
+    p = params.to(x.device, torch.float32)
+    views = p[:, 0].round().long()
+    out = torch.empty_like(x)
+    for v in views.unique().tolist():
+        idx = views == v
+        out[idx] = dihedral_batch(x[idx], v)
+    angle, scale = p[:, 1] * (math.pi / 180), p[:, 2]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # Output -> input sampling grid in normalised coordinates; shifts are fractions of the side.
+    theta = torch.stack([torch.stack([cos, -sin, 2 * p[:, 3]], 1), torch.stack([sin, cos, 2 * p[:, 4]], 1)], 1)
+    if not torch.allclose(theta, torch.eye(2, 3, device=x.device).expand_as(theta)):
+        grid = F.affine_grid(theta, list(out.shape), align_corners=False)
+        out = F.grid_sample(out, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    out = out * p[:, 5].view(-1, 1, 1, 1) + p[:, 6].view(-1, 1, 1, 1)
+    return out.clamp(0.0, 1.0)
+
+
+def prepare_batch(rgby: torch.Tensor, mode: str, device: torch.device,
+                  params: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 RGBY batch from the loader -> normalised model input on `device` (NHWC on CUDA)."""
+    x = compose_batch(rgby.to(device, non_blocking=True), mode)
+    if params is not None:
+        x = augment_batch(x, params)
+    x = normalize_batch(x)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
