@@ -10,6 +10,7 @@ report: "rules/report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/acquire.smk"
 include: "rules/demo.smk"
 include: "rules/preprocess.smk"
 include: "rules/folds.smk"

@@ -23,6 +23,7 @@ wildcard_constraints:
     index=r"\d+",
     model="|".join(map(re.escape, MODELS)) or "^$",
     fold=r"\d+",
+    part=r"\d+",
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,59 @@
+DOWNLOAD = config["download"]
+HPAV18_PARTS = list(range(DOWNLOAD["jobs"]))
+
+
+rule download_kaggle:
+    """The competition's images and csvs via the kaggle CLI, unpacked into data_root."""
+    output:
+        "results/downloads/kaggle.txt",
+    params:
+        data_root=config["data_root"],
+        competition=DOWNLOAD["kaggle_competition"],
+    log:
+        "logs/download_kaggle.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=600,
+    conda:
+        "../envs/download.yaml"
+    script:
+        "../workflow_scripts/download_kaggle.py"
+
+
+rule download_hpav18_part:
+    """One contiguous range of the HPAv18 Ids: 4 JPEGs each, bounded, retried, resumable, verified."""
+    input:
+        lambda wc: f"{config['data_root']}/{DOWNLOAD['hpav18_csv']}",
+    output:
+        "results/downloads/hpav18/part{part}.tsv",
+    params:
+        out_dir=f"{config['data_root']}/{DOWNLOAD['hpav18_dir']}",
+        parts=len(HPAV18_PARTS),
+        base_url=config["hpav18_base_url"],
+        settings=DOWNLOAD,
+    log:
+        "logs/download_hpav18/part{part}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=1440,
+    conda:
+        "../envs/download.yaml"
+    script:
+        "../workflow_scripts/download_hpav18.py"
+
+
+rule download_hpav18:
+    """Every range of the HPAv18 images."""
+    input:
+        expand("results/downloads/hpav18/part{part}.tsv", part=HPAV18_PARTS),
+    localrule: True
+
+
+rule download:
+    """Both sources."""
+    input:
+        rules.download_kaggle.output,
+        rules.download_hpav18.input,
+    localrule: True
