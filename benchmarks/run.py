@@ -178,6 +178,7 @@ def bench_dryrun(tmp: Path) -> dict:
     data.mkdir()
     full_scale_csvs(data)
     demo = tmp / "demo_wf"
+    demo.mkdir()
     for name in ["Snakefile", "rules", "workflow_scripts", "config", "envs"]:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, demo / name)
@@ -197,9 +198,9 @@ def bench_dryrun(tmp: Path) -> dict:
 
 def bench_train_step(quick: bool) -> list[dict]:
     out = Path(tempfile.mkdtemp()) / "train_step.json"
-    size, steps = ("64", "3") if quick else ("128", "5")
+    size, steps = ("64", "4") if quick else ("128", "6")
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--size", size, "--batch", "16",
-                    "--steps", steps, "--warmup", "1", "--backbones", "resnet18", "se_resnet50", "--out", str(out)],
+                    "--steps", steps, "--warmup", "2", "--backbones", "resnet18", "se_resnet50", "--out", str(out)],
                    check=True, capture_output=True)
     return json.loads(out.read_text())
 

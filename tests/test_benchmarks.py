@@ -17,3 +17,13 @@ def test_train_step_benchmark_runs(tmp_path):
     rows = json.loads(out.read_text())
     assert [r["backbone"] for r in rows] == ["resnet18"]
     assert rows[0]["in_memory_img_s"] > 0 and rows[0]["loader_img_s"] > 0
+
+
+def test_benchmark_suite_runs_at_its_smallest_size(tmp_path):
+    out = tmp_path / "benchmarks.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--images", "2", "--out", str(out)],
+                   check=True, capture_output=True, timeout=900)
+    res = json.loads(out.read_text())
+    for key in ["preprocess_png_ratio", "loader_speedup_vs_png", "thresholds_100k_seconds",
+                "dryrun_fullscale_seconds", "dryrun_demo_seconds"]:
+        assert isinstance(res[key], (int, float)) and res[key] > 0, key

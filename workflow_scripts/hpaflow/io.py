@@ -90,12 +90,18 @@ def decode_tiff(path: Path) -> np.ndarray:
 
 
 # HPAv18 JPEGs are RGB with the signal in one plane (cv2 gives BGR, hence the indices).
+def _rounded_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(a + b + 1) // 2 in uint8 without widening: ceil((a + b) / 2) = (a | b) - ((a ^ b) >> 1)."""
+    return cv2.subtract(cv2.bitwise_or(a, b), cv2.bitwise_xor(a, b) >> 1)
+
+
+# HPAv18 JPEGs are RGB with the signal in one plane (cv2 gives BGR, hence the indices).
 _JPEG_PLANES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "red": lambda bgr: bgr[:, :, 2],
-    "green": lambda bgr: bgr[:, :, 1],
-    "blue": lambda bgr: bgr[:, :, 0],
+    "red": lambda bgr: cv2.extractChannel(bgr, 2),
+    "green": lambda bgr: cv2.extractChannel(bgr, 1),
+    "blue": lambda bgr: cv2.extractChannel(bgr, 0),
     # Yellow is R and G equally: the rounded mean of the two.
-    "yellow": lambda bgr: ((bgr[:, :, 2].astype(np.uint16) + bgr[:, :, 1] + 1) // 2).astype(np.uint8),
+    "yellow": lambda bgr: _rounded_mean(cv2.extractChannel(bgr, 2), cv2.extractChannel(bgr, 1)),
 }
 
 
@@ -112,7 +118,7 @@ def decode_hpav18_jpeg(path: Path, color: str) -> np.ndarray:
         raise ImageError(f"{path}: JPEG cannot be decoded")
     if img.ndim != 3 or img.shape[2] != 3:
         raise ImageError(f"{path}: expected an RGB JPEG, got shape {img.shape}")
-    return np.ascontiguousarray(_JPEG_PLANES[color](img))
+    return _JPEG_PLANES[color](img)
 
 
 def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
@@ -133,8 +139,12 @@ def decode_channel(path: Path, fmt: str, color: str) -> np.ndarray:
     raise ValueError(f"unknown image format {fmt!r} (expected png, tiff or jpg)")
 
 
-def read_rgby(images_dir: str | Path, image_id: str, fmt: str) -> np.ndarray:
-    """The four channels of one Id as uint8 (H, W, 4), RGBY order; all must share one square shape."""
+def read_rgby(images_dir: str | Path, image_id: str, fmt: str, size: int | None = None) -> np.ndarray:
+    """The four channels of one Id as uint8 (H, W, 4), RGBY order; all must share one square shape.
+
+    With `size`, each plane is resized (cv2 INTER_AREA) to size x size as it is read, which
+    spares stacking full-size planes (a 2048 px image is 16 MB of them).
+    """
     planes = [decode_channel(channel_path(images_dir, image_id, c, fmt), fmt, c) for c in COLORS]
     shapes = {p.shape for p in planes}
     if len(shapes) != 1:
@@ -143,7 +153,13 @@ def read_rgby(images_dir: str | Path, image_id: str, fmt: str) -> np.ndarray:
     h, w = planes[0].shape
     if h != w:
         raise ImageError(f"Id {image_id}: image is {w}x{h}, expected a square field of view")
-    return np.stack(planes, axis=-1)
+    if size is None or size == h:
+        return np.stack(planes, axis=-1)
+    out = np.empty((size, size, 4), np.uint8)
+    for c, p in enumerate(planes):
+        # INTER_AREA averages source pixels when shrinking (no aliasing of fine structure).
+        out[:, :, c] = cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA)
+    return out
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
 
@@ -67,14 +66,10 @@ def shard_slice(index: int, n_ids: int, shard_size: int) -> slice:
     return slice(index * shard_size, min((index + 1) * shard_size, n_ids))
 
 
-def prepare_image(rgby: np.ndarray, spec: ShardSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Resize (INTER_AREA) to image_size, then cut the grid of tiles: (T, s, s, 4), origins (T, 2)."""
-    size = spec.image_size
-    if rgby.shape[0] != size:
-        # INTER_AREA averages source pixels when shrinking (no aliasing of fine structure).
-        rgby = cv2.resize(rgby, (size, size), interpolation=cv2.INTER_AREA)
+def cut_tiles(rgby: np.ndarray, spec: ShardSpec) -> tuple[np.ndarray, np.ndarray]:
+    """An image at image_size -> its grid of tiles (T, s, s, 4) and their origins (T, 2)."""
     s = spec.row_size
-    n = size // s
+    n = spec.image_size // s
     origins = np.array([(y * s, x * s) for y in range(n) for x in range(n)], np.int32)
     tiles = rgby.reshape(n, s, n, s, 4).transpose(0, 2, 1, 3, 4).reshape(n * n, s, s, 4)
     return tiles, origins
@@ -103,7 +98,7 @@ def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.nda
             row = filled = 0
             for image_id in ids:
                 try:
-                    tiles, origins = prepare_image(read_rgby(spec.images_dir, image_id, spec.fmt), spec)
+                    tiles, origins = cut_tiles(read_rgby(spec.images_dir, image_id, spec.fmt, spec.image_size), spec)
                 except ImageError as e:
                     errors.append(str(e))
                     row += spec.tiles_per_image
