@@ -1,11 +1,11 @@
-"""Macro F1 against scikit-learn; the global threshold sweep."""
+"""Macro F1 against scikit-learn; validation BCE."""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import f1_score
 
-from hpaflow.metrics import bce_from_probs, best_global_threshold, f1_per_class, macro_f1
+from hpaflow.metrics import bce_from_probs, f1_per_class, macro_f1
 
 
 def test_macro_f1_equals_sklearn_on_random_cases():
@@ -20,13 +20,6 @@ def test_macro_f1_equals_sklearn_on_random_cases():
         expected = f1_score(t, p, average="macro", zero_division=0)
         assert np.isclose(macro_f1(t, p), expected), case
         assert np.allclose(f1_per_class(t, p), f1_score(t, p, average=None, zero_division=0))
-
-
-def test_best_global_threshold_finds_the_separating_value():
-    y = np.array([[1, 0], [0, 1], [0, 0], [1, 1]])
-    probs = np.array([[0.8, 0.3], [0.2, 0.7], [0.3, 0.25], [0.9, 0.6]])
-    thr, f1 = best_global_threshold(y, probs)
-    assert f1 == 1.0 and 0.3 <= thr < 0.6
 
 
 def test_bce_from_probs():

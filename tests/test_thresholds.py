@@ -56,6 +56,13 @@ def test_global_threshold_is_the_macro_optimum_on_the_grid():
     assert t == max(direct, key=direct.get) and np.isclose(f1, max(direct.values()))
 
 
+def test_best_global_finds_the_separating_value():
+    y = np.array([[1, 0], [0, 1], [0, 0], [1, 1]])
+    probs = np.array([[0.8, 0.3], [0.2, 0.7], [0.3, 0.25], [0.9, 0.6]])
+    t, f1 = best_global(y, probs)
+    assert f1 == 1.0 and 0.3 <= t < 0.6
+
+
 def test_rate_thresholds_match_the_prior():
     p = np.random.default_rng(3).random((1000, 3))
     t = rate_thresholds(p, np.array([0.1, 0.5, 0.0]))

@@ -23,15 +23,6 @@ def macro_f1_at(y_true: np.ndarray, probs: np.ndarray, thresholds) -> float:
     return macro_f1(y_true, probs > np.asarray(thresholds))
 
 
-def best_global_threshold(y_true: np.ndarray, probs: np.ndarray,
-                          grid: np.ndarray | None = None) -> tuple[float, float]:
-    """(threshold, macro F1) of the best single threshold for all classes over a grid."""
-    grid = np.round(np.arange(0.05, 0.951, 0.01), 2) if grid is None else grid
-    scores = [macro_f1_at(y_true, probs, t) for t in grid]
-    i = int(np.argmax(scores))
-    return float(grid[i]), float(scores[i])
-
-
 def bce_from_probs(y_true: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     """Mean binary cross-entropy of probabilities (the validation loss, whatever the training loss)."""
     p = np.clip(probs.astype(np.float64), eps, 1 - eps)

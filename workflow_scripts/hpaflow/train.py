@@ -29,11 +29,12 @@ from .augment import prepare_batch
 from .data import ShardDataset, ShardRows, fold_of, make_sampler
 from .io import atomic_path
 from .losses import LOSSES
-from .metrics import bce_from_probs, best_global_threshold, macro_f1_at
+from .metrics import bce_from_probs, macro_f1_at
 from .models import build_model
 from .predict import predict_probs
 from .progress import Progress, format_seconds
 from .runtime import autocast_dtype, pick_device
+from .thresholds import best_global
 from .transforms import CHANNELS
 from .visdom import VisdomPlot
 
@@ -184,7 +185,7 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
         probs = predict_probs(model, val_dl, device, cfg.color_mode)[0]
         val_y = val_rows.labels
         f1_05 = macro_f1_at(val_y, probs, 0.5)
-        thr, f1_best = best_global_threshold(val_y, probs)
+        thr, f1_best = best_global(val_y, probs)
         val_loss = bce_from_probs(val_y, probs)
         row = {"epoch": epoch + 1, "train_loss": total_loss / seen, "val_bce": val_loss,
                "val_f1_at_0.5": f1_05, "val_f1_best_global": f1_best, "best_global_threshold": thr,
