@@ -18,7 +18,7 @@ from .ensemble import fit_weights, weighted_mean
 from .io import atomic_path
 from .labels import CLASS_NAMES
 from .metrics import f1_per_class, macro_f1, macro_f1_at
-from .thresholds import ThresholdSettings, apply, evaluate, fit
+from .thresholds import ThresholdSettings, cross_fit, evaluate, fit
 
 log = logging.getLogger("hpaflow")
 
@@ -120,11 +120,12 @@ def score(p: Predictions, methods: list[str], final: ThresholdSettings,
     return out, final_eval
 
 
-def ensemble(models: dict[str, Predictions], weighting: str, step: float) -> tuple[Predictions, np.ndarray, np.ndarray]:
+def ensemble(models: dict[str, Predictions], weighting: str,
+             step: float) -> tuple[Predictions, np.ndarray, np.ndarray | None]:
     """Mean (or OOF-fitted weighted mean) of the models' probabilities.
 
-    Returns the ensemble, its final weights (fitted on all OOF rows), and the per-row weighted
-    OOF probabilities where each fold's rows use weights fitted on the other folds only.
+    Returns the ensemble, its final weights (fitted on all OOF rows), and, for fitted weights, the
+    OOF probabilities where each fold's rows use weights fitted on the other folds only (else None).
     """
     first = next(iter(models.values()))
     for name, m in models.items():
@@ -133,9 +134,9 @@ def ensemble(models: dict[str, Predictions], weighting: str, step: float) -> tup
     oof = [m.oof_probs for m in models.values()]
     test = [m.test_probs for m in models.values()]
     y = first.labels
+    crossed = None
     if weighting == "equal":
         w = np.full(len(models), 1 / len(models))
-        crossed = weighted_mean(oof, w)
     else:
         w = fit_weights(y, oof, step)
         crossed = np.zeros_like(oof[0])
@@ -169,13 +170,11 @@ def gather(model_files: dict[str, str], settings: dict, out_h5: str, out_json: s
 
     ens, weights, crossed_probs = ensemble(models, settings["ensemble"]["weights"], settings["ensemble"]["weight_step"])
     ens_metrics, ens_eval = score(ens, methods, final, prior)
-    if settings["ensemble"]["weights"] != "equal":
+    if crossed_probs is not None:
         # Weights and thresholds both fitted without the held-out fold.
-        crossed_pred = np.zeros_like(ens.labels, bool)
-        for k in np.unique(ens.folds):
-            held = ens.folds == k
-            t = fit(ens.labels[~held], crossed_probs[~held], final, prior)
-            crossed_pred[held] = apply(crossed_probs[held], t, final.at_least_one)
+        crossed_pred = cross_fit(ens.labels, crossed_probs, ens.folds,
+                                 lambda rows: fit(ens.labels[rows], crossed_probs[rows], final, prior),
+                                 final.at_least_one)
         ens_metrics["f1_cross_fitted_with_weights"] = macro_f1(ens.labels, crossed_pred)
     ens_metrics["weights"] = dict(zip(models, np.round(weights, 4).tolist()))
     metrics["ensemble"] = ens_metrics
