@@ -12,7 +12,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
-	$(VENV)/bin/python -c "import torch, torchvision, snakemake, h5py, cv2, iterstrat"
+	$(VENV)/bin/python -c "import torch, torchvision, snakemake, h5py, cv2, iterstrat, imagecodecs"
 	touch $@
 
 demo: venv

@@ -21,6 +21,4 @@ include: "rules/gather.smk"
 rule all:
     default_target: True
     input:
-        "results/submission.csv",
-        "results/metrics.json",
-        rules.plots.output,
+        final_outputs,

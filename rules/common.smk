@@ -4,7 +4,13 @@ from functools import lru_cache
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
 
-from hpaflow.config import dataset_path, read_dataset, validate_config
+from hpaflow.config import (
+    ConfigError,
+    check_fold_count,
+    dataset_path,
+    read_dataset,
+    validate_config,
+)
 from hpaflow.shards import shard_count
 
 
@@ -60,11 +66,24 @@ def labels_csv(wildcards):
 
 
 def test_labels_csvs(wildcards):
+    if not TEST_DATASETS:
+        raise ConfigError(
+            "datasets: no dataset has role: test, so there is nothing to submit; without one the "
+            "default target ends with results/metrics.json and the report (out-of-fold only)"
+        )
     return [str(dataset_path(config, DATASETS[n], "labels")) for n in TEST_DATASETS]
 
 
 def train_labels_csvs(wildcards):
+    # Checked here, when planning the folds job: n_folds against the train Ids in the csvs.
+    check_fold_count(config, {name: dataset_table(name) for name in TRAIN_DATASETS})
     return [str(dataset_path(config, DATASETS[n], "labels")) for n in TRAIN_DATASETS]
+
+
+def final_outputs(wildcards):
+    """The default target: the submission only where a test dataset is configured."""
+    out = ["results/metrics.json", *rules.plots.output]
+    return (["results/submission.csv"] if TEST_DATASETS else []) + out
 
 
 def model_settings(wildcards):

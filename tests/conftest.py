@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +26,7 @@ TINY = {
     "image_size": 32,
     "shard_size": 10,
     "n_folds": 2,
-    "models": [],
+    "models": [{"name": "m", "backbone": "resnet18", "pretrained": False, "epochs": 1, "batch_size": 8}],
     "demo": {"dir": "data/demo", "seed": 3, "n_train": 24, "n_test": 8, "n_tiff": 6, "n_jpg": 6,
              "size": 64, "tiff_size": 96, "jpg_size": 80},
 }
@@ -52,6 +56,27 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def kill_snakemake_when(workdir: Path, args: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:
+    """Start Snakemake, and SIGKILL it with all its jobs (as a node failure or `kill -9` would) once
+    `ready()` holds. Fails if the run ends first."""
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"snakemake ended ({proc.returncode}) before it could be killed:\n"
+                                     f"{proc.stderr.read()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing to kill on after {timeout} s")
+            time.sleep(0.01)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the whole group may have ended already
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
 
 
 def write_config(path: Path, config: dict) -> Path:

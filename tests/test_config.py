@@ -25,9 +25,11 @@ def test_shipped_configs_are_valid():
 
 
 def test_defaults_are_filled():
-    cfg = validate_config({"data_root": "x", "datasets": DEMO["datasets"]}, SCHEMA)
+    minimal = {"data_root": "x", "datasets": DEMO["datasets"], "models": [{"name": "m", "backbone": "resnet18"}]}
+    cfg = validate_config(minimal, SCHEMA)
     assert cfg["shard_size"] == 1024 and cfg["tiling"] == "none" and cfg["hdf5_compression"] == "none"
     assert cfg["demo"]["n_train"] == 320 and cfg["demo"]["dir"] == "data/demo"
+    assert all(d["bits"] == 16 for d in cfg["datasets"]) and cfg["models"][0]["epochs"] == 10
 
 
 def edited(**changes):
@@ -59,8 +61,22 @@ def edited(**changes):
     ({"tiling": "grid"}, r"tile_size: required when tiling is grid"),
     ({"tiling": "grid", "tile_size": 48}, r"tile_size: 48 does not divide image_size 64"),
     ({"models__1__name": "r18_gyb"}, r"models\[1\]\.name: 'r18_gyb' is used by models\[0\] too"),
+    # Integer keys take integers only: JSON Schema alone would accept 64.0 (then a TypeError deep inside).
+    ({"image_size": 64.0}, r"^  image_size: 64\.0 is not of type 'integer'"),
+    ({"n_folds": 2.0}, r"^  n_folds: 2\.0 is not of type 'integer'"),
+    ({"models__0__epochs": 3.0}, r"models\[0\]\.epochs: 3\.0 is not of type 'integer'"),
+    ({"n_folds": True}, r"n_folds: True is not of type 'integer'"),
+    ({"models": []}, r"^  models: \[\] should be non-empty"),
+    ({"models": None}, r"'models' is a required property"),
+    ({"datasets__1__bits": 8}, r"datasets\[1\]\.bits: 8 is less than the minimum of 9"),
 ])
 def test_errors_name_the_key(changes, message):
     with pytest.raises(ConfigError) as e:
         validate_config(edited(**changes), SCHEMA)
     assert re.search(message, str(e.value), re.M), str(e.value)
+
+
+def test_home_folder_is_expanded(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = validate_config(edited(data_root="~/hpa", pretrained_dir="~/weights"), SCHEMA)
+    assert cfg["data_root"] == f"{tmp_path}/hpa" and cfg["pretrained_dir"] == f"{tmp_path}/weights"

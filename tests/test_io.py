@@ -13,7 +13,7 @@ import tifffile
 from conftest import DATA
 from hpaflow.io import (
     ImageError,
-    atomic_path,
+    Uint16Scaling,
     channel_path,
     decode_hpav18_jpeg,
     decode_png,
@@ -49,6 +49,49 @@ def test_uint16_rule():
     every16 = np.arange(65536, dtype=np.uint64)
     exact = (every16 * 255 + 32767) // 65535  # round(v * 255 / 65535) in integers
     assert np.array_equal(uint16_to_uint8(every16.astype(np.uint16).reshape(256, 256)).ravel(), exact)
+
+
+def test_uint16_rule_with_fewer_bits():
+    v = np.arange(65536, dtype=np.uint64)
+    for bits in (12, 14):
+        top = (1 << bits) - 1
+        exact = np.minimum((v * 255 + top // 2) // top, 255)  # round(v * 255 / top), clipped
+        assert np.array_equal(uint16_to_uint8(v.astype(np.uint16).reshape(256, 256), bits).ravel(), exact), bits
+    assert uint16_to_uint8(np.array([0, 16, 4095, 4096, 65535], np.uint16), 12).tolist() == [0, 1, 255, 255, 255]
+
+
+def test_12_bit_tiffs_warn_and_decode_with_bits(tmp_path: Path):
+    img = random_plane()
+    tifffile.imwrite(tmp_path / "a.tif", ((img.astype(np.uint32) * 4095 + 127) // 255).astype(np.uint16))  # 12-bit
+    full = Uint16Scaling()
+    assert decode_tiff(tmp_path / "a.tif", full).max() <= 16  # 16x dimmer
+    assert "set `bits: 12` on this dataset" in full.warning() and "(< 4096)" in full.warning()
+    twelve = Uint16Scaling(12)
+    assert np.array_equal(decode_tiff(tmp_path / "a.tif", twelve), img) and twelve.warning() is None
+    tifffile.imwrite(tmp_path / "b.tif", np.full((8, 8), 5000, np.uint16))
+    decode_tiff(tmp_path / "b.tif", twelve)
+    assert twelve.warning().startswith("1 of 2 uint16 planes hold values above 4095 (peak 5000)")
+    tifffile.imwrite(tmp_path / "c.tif", np.full((8, 8), 40000, np.uint16))  # 16-bit data: no warning
+    assert Uint16Scaling().warning() is None
+    sixteen = Uint16Scaling()
+    decode_tiff(tmp_path / "c.tif", sixteen)
+    assert sixteen.warning() is None
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib"])  # zlib is TIFF's deflate
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_compressed_tiff_equals_uncompressed(tmp_path: Path, dtype, compression):
+    rng = np.random.default_rng(1)
+    stored = rng.integers(0, np.iinfo(dtype).max, (64, 64), dtype=dtype, endpoint=True)
+    tifffile.imwrite(tmp_path / "plain.tif", stored)
+    tifffile.imwrite(tmp_path / "packed.tif", stored, compression=compression)
+    assert tifffile.TiffFile(tmp_path / "packed.tif").pages[0].compression.name in ("LZW", "ADOBE_DEFLATE")
+    assert (tmp_path / "packed.tif").read_bytes() != (tmp_path / "plain.tif").read_bytes()
+    assert np.array_equal(decode_tiff(tmp_path / "packed.tif"), decode_tiff(tmp_path / "plain.tif"))
+    # OpenCV writes LZW TIFFs too (what many tools hand on): they decode the same.
+    if dtype == np.uint8 and compression == "lzw":
+        cv2.imwrite(str(tmp_path / "cv.tif"), stored)
+        assert np.array_equal(decode_tiff(tmp_path / "cv.tif"), stored)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
@@ -127,6 +170,15 @@ def test_truncated_png(tmp_path: Path):
         read_rgby(tmp_path, "X", "png")
 
 
+def test_png_with_bytes_after_iend_decodes(tmp_path: Path):
+    write_png_set(tmp_path)
+    p = tmp_path / "X_green.png"
+    whole = decode_png(p)
+    for tail in (b"\x00", b"\n", b"\x00" * 100):
+        p.write_bytes(p.read_bytes().split(b"IEND")[0] + b"IEND\xaeB`\x82" + tail)
+        assert np.array_equal(decode_png(p), whole)
+
+
 def test_truncated_jpeg(tmp_path: Path):
     data = (DATA / f"{SAMPLE_ID}_red.jpg").read_bytes()
     (tmp_path / "a.jpg").write_bytes(data[: len(data) // 2])
@@ -164,15 +216,3 @@ def test_non_square_rejected(tmp_path: Path):
         cv2.imwrite(str(tmp_path / f"X_{c}.png"), np.zeros((30, 40), np.uint8))
     with pytest.raises(ImageError, match="Id X: image is 40x30, expected a square"):
         read_rgby(tmp_path, "X", "png")
-
-
-def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path):
-    target = tmp_path / "out.bin"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("killed")
-    assert list(tmp_path.iterdir()) == []
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(b"whole")
-    assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]

@@ -49,3 +49,16 @@ def test_bad_csv(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(LabelError, match="does not exist"):
         read_labels(str(tmp_path / "nope.csv"), True)
+
+
+@pytest.mark.parametrize("text,message", [
+    # An unquoted comma between labels: where every row has one, pandas takes the Ids as the index.
+    ("Id,Target\na,0,1\nb,1,2\nc,1,3\n", r"labels\.csv: line 2: 3 fields, the header has 2 \(labels"),
+    ("Id,Target\na,0\nb,1,2\nc,1\n", r"labels\.csv: line 3: 3 fields, the header has 2 \(labels of one image "
+                                        r"are separated by spaces"),
+    ("Id,Target\na,0\nb\n", r"labels\.csv: line 3: 1 fields, the header has 2$"),
+])
+def test_rows_with_another_field_count_are_named(tmp_path, text, message):
+    with pytest.raises(LabelError, match=message):
+        read_labels(csv(tmp_path, text), True)
+    assert read_labels(csv(tmp_path, 'Id,Target\na,0\nb,"1 2"\n', "quoted.csv"), True).labels[1, [1, 2]].all()

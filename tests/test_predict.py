@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import cv2
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from hpaflow.models import build_model
-from hpaflow.predict import run_predict
+from hpaflow.predict import LeakError, run_predict
 from hpaflow.shards import ShardSpec, write_shard
 
+PREDICT = dict(views=[0, 3, 6], tta_combine="max", tile_combine="mean", save_views=True, batch_size=3,
+               device_name="cpu", threads=1)
 
-def test_run_predict_aggregates_tiles_and_keeps_views(tmp_path):
+
+def tiled_shards(tmp_path):
     rng = np.random.default_rng(0)
     ids = ["a", "b", "c", "d"]
     for i in ids:
@@ -23,15 +30,27 @@ def test_run_predict_aggregates_tiles_and_keeps_views(tmp_path):
     write_shard(tmp_path / "train.h5", ShardSpec(role="train", **spec), ids, labels)
     write_shard(tmp_path / "test.h5", ShardSpec(role="test", **spec), ids[:2], None)
     (tmp_path / "folds.csv").write_text("Id,dataset,fold\na,ds,0\nb,ds,1\nc,ds,1\nd,ds,0\n")
+    return labels
+
+
+def checkpoint(path, **extra):
     torch.manual_seed(0)
     model = build_model("resnet18", 3)
     cfg = {"name": "m", "backbone": "resnet18", "color_mode": "gyb", "image_size": 16}
-    torch.save({"model": model.state_dict(), "config": cfg}, tmp_path / "best.pt")
+    torch.save({"model": model.state_dict(), "config": cfg, **extra}, path)
+    return str(path)
 
+
+def predict(tmp_path, best, fold):
     out = tmp_path / "pred.h5"
-    run_predict(str(tmp_path / "best.pt"), [str(tmp_path / "train.h5")], [str(tmp_path / "test.h5")],
-                str(tmp_path / "folds.csv"), 1, str(out), views=[0, 3, 6], tta_combine="max",
-                tile_combine="mean", save_views=True, batch_size=3, device_name="cpu", threads=1)
+    run_predict(best, [str(tmp_path / "train.h5")], [str(tmp_path / "test.h5")], str(tmp_path / "folds.csv"),
+                fold, str(out), **PREDICT)
+    return out
+
+
+def test_run_predict_aggregates_tiles_and_keeps_views(tmp_path):
+    labels = tiled_shards(tmp_path)
+    out = predict(tmp_path, checkpoint(tmp_path / "best.pt", train_ids=["a", "d"]), 1)
     with h5py.File(out) as h5:
         assert h5["oof/ids"].asstr()[...].tolist() == ["b", "c"]  # fold 1, one row per image (4 tiles each)
         assert np.array_equal(h5["oof/labels"][...], labels[[1, 2]])
@@ -41,3 +60,30 @@ def test_run_predict_aggregates_tiles_and_keeps_views(tmp_path):
         # b is in both: the same image gives the same probabilities.
         assert np.allclose(h5["test/probs"][1], probs[0], atol=1e-6)
         assert h5.attrs["views"].tolist() == [0, 3, 6] and h5.attrs["tta_combine"] == "max"
+
+
+@pytest.mark.parametrize("fold,trained_on,leaked", [
+    (1, ["a", "b", "d"], "1 Id(s) that fold 1 now holds out (b)"),
+    (0, ["a", "b", "c", "d"], "2 Id(s) that fold 0 now holds out (a, d)"),
+])
+def test_out_of_fold_rows_the_model_was_trained_on_are_refused(tmp_path, fold, trained_on, leaked):
+    tiled_shards(tmp_path)
+    best = checkpoint(tmp_path / "best.pt", train_ids=trained_on)
+    with pytest.raises(LeakError, match=re.escape(f"{best} was trained on {leaked}")):
+        predict(tmp_path, best, fold)
+    assert not (tmp_path / "pred.h5").exists()
+
+
+def test_checkpoint_without_training_ids_is_refused(tmp_path):
+    tiled_shards(tmp_path)
+    with pytest.raises(LeakError, match="records no training Ids"):
+        predict(tmp_path, checkpoint(tmp_path / "best.pt"), 1)
+
+
+def test_damaged_checkpoint_is_named(tmp_path):
+    tiled_shards(tmp_path)
+    best = tmp_path / "best.pt"
+    whole = Path(checkpoint(tmp_path / "ok.pt", train_ids=["a", "d"])).read_bytes()
+    best.write_bytes(whole[:5000])  # cut short
+    with pytest.raises(ValueError, match=re.escape(f"{best}: cannot be read as a checkpoint")):
+        predict(tmp_path, str(best), 1)

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from hpaflow.io import ImageError
-from hpaflow.shards import ShardSpec, read_shard, shard_count, shard_slice, write_shard
+from hpaflow.shards import (
+    DIGEST_ATTR,
+    ShardSpec,
+    read_shard,
+    shard_count,
+    shard_digest,
+    shard_slice,
+    write_shard,
+)
 
 COLORS = ["red", "green", "blue", "yellow"]
 
@@ -96,3 +104,47 @@ def test_all_failures_are_listed(tmp_path):
         write_shard(tmp_path / "0.h5", spec(tmp_path), ["a", "x", "y"], np.zeros((3, 28), np.uint8))
     assert "2 of 3 image(s) failed" in str(e.value)
     assert "x_red.png: missing file" in str(e.value) and "y_red.png: missing file" in str(e.value)
+
+
+def test_content_digest_covers_images_ids_and_labels(tmp_path):
+    ids = [f"i{k}" for k in range(20)]  # more than one write block
+    make_pngs(tmp_path, ids)
+    labels = np.eye(28, dtype=np.uint8)[np.arange(20) % 28]
+    write_shard(tmp_path / "a.h5", spec(tmp_path), ids, labels)
+    stored = shard_digest(tmp_path / "a.h5")
+    assert len(stored) == 64
+    # Recomputed from the datasets (the path for shards written before digests existed): the same.
+    with h5py.File(tmp_path / "a.h5", "a") as h5:
+        del h5.attrs[DIGEST_ATTR]
+    assert shard_digest(tmp_path / "a.h5") == stored
+    # Rewritten from the same sources: the same; any change of a label, an Id or a pixel: another.
+    write_shard(tmp_path / "b.h5", spec(tmp_path), ids, labels)
+    assert shard_digest(tmp_path / "b.h5") == stored
+    changed_label = labels.copy()
+    changed_label[7, 3] ^= 1
+    write_shard(tmp_path / "c.h5", spec(tmp_path), ids, changed_label)
+    write_shard(tmp_path / "d.h5", spec(tmp_path), ids[:19] + ["i0"], labels)
+    cv2.imwrite(str(tmp_path / "i19_red.png"), np.zeros((48, 48), np.uint8))
+    write_shard(tmp_path / "e.h5", spec(tmp_path), ids, labels)
+    digests = {shard_digest(tmp_path / f"{n}.h5") for n in "cde"}
+    assert len(digests) == 3 and stored not in digests
+
+
+def test_shard_warns_once_about_12_bit_tiffs(tmp_path, caplog):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    for i in ["a", "b"]:
+        for c in COLORS:
+            tifffile.imwrite(tmp_path / f"{i}_{c}.tif", rng.integers(0, 4096, (40, 40), dtype=np.uint16))
+    with caplog.at_level("WARNING", logger="hpaflow"):
+        write_shard(tmp_path / "s.h5", spec(tmp_path, fmt="tiff", image_size=40), ["a", "b"],
+                    np.zeros((2, 28), np.uint8))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "all 8 uint16 planes peak at 4095" in warnings[0], warnings
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hpaflow"):
+        write_shard(tmp_path / "t.h5", spec(tmp_path, fmt="tiff", image_size=40, bits=12), ["a", "b"],
+                    np.zeros((2, 28), np.uint8))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert read_shard(tmp_path / "s.h5").images.max() == 16 and read_shard(tmp_path / "t.h5").images.max() == 255

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import h5py
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, copy_workflow, run_snakemake, write_config
+from conftest import TINY, copy_workflow, kill_snakemake_when, run_snakemake, write_config
 from hpaflow.labels import encode, parse_target
 
 MODELS = [
@@ -78,7 +79,7 @@ def test_training_wrote_metrics_and_progress(e2e):
 
 RESUME = {**TINY, "resources": {"train": {"cpus": 1, "gpu": 0}},
           "models": [{"name": "m", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False,
-                      "epochs": 3, "batch_size": 8}]}
+                      "epochs": 4, "batch_size": 8}]}
 TARGET = "results/models/m/fold0/best.pt"
 
 
@@ -91,28 +92,47 @@ def prepared(path):
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     killed = prepared(tmp_path / "killed")
-    proc = run_snakemake(killed, TARGET, check=False, env={"HPAFLOW_STOP_AFTER_EPOCH": "1"})
-    assert proc.returncode != 0 and "stopping abruptly" in proc.stdout + proc.stderr
     run_dir = killed / "results/models/m/fold0"
-    assert (run_dir / "checkpoints/last.pt").exists() and not (run_dir / "best.pt").exists()
+    # Snakemake and its job killed from outside once an epoch's checkpoint is there (a preempted node).
+    kill_snakemake_when(killed, [TARGET], lambda: (run_dir / "checkpoints/last.pt").exists())
+    assert not (run_dir / "best.pt").exists()
 
-    run_snakemake(killed, TARGET)
+    # What Snakemake then asks for, and the README says: --rerun-incomplete, and --unlock for its lock.
+    first = run_snakemake(killed, TARGET, check=False)
+    assert first.returncode != 0 and "--rerun-incomplete" in first.stderr and "metrics.csv" in first.stderr
+    second = run_snakemake(killed, "--rerun-incomplete", TARGET, check=False)
+    assert second.returncode != 0 and "--unlock" in second.stderr
+    run_snakemake(killed, "--unlock")
+    run_snakemake(killed, "--rerun-incomplete", TARGET)
     log = (killed / "logs/train/m/fold0.log").read_text()
-    assert "epoch 1 of 3 done, going on with epoch 2" in log
+    done = int(re.search(r"resuming from \S+: epoch (\d) of 4 done", log)[1])
+    assert 1 <= done < 4
     after_resume = log.split("resuming from")[1]
-    assert "epoch 1/3" not in after_resume and "epoch 2/3" in after_resume and "epoch 3/3" in after_resume
+    assert f"epoch {done}/4" not in after_resume and "epoch 4/4" in after_resume
 
     straight = prepared(tmp_path / "straight")
     shutil.rmtree(straight / "data")  # same seed -> same data; reuse the killed run's to be sure
     shutil.copytree(killed / "data", straight / "data")
     run_snakemake(straight, TARGET)
+    assert_same_training(run_dir, straight / "results/models/m/fold0")
 
-    a = pd.read_csv(run_dir / "metrics.csv").drop(columns="images_per_s")
-    b = pd.read_csv(straight / "results/models/m/fold0/metrics.csv").drop(columns="images_per_s")
-    assert a["epoch"].tolist() == [1, 2, 3]
-    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
-    wa = torch.load(run_dir / "best.pt", weights_only=False)["model"]
-    wb = torch.load(straight / "results/models/m/fold0/best.pt", weights_only=False)["model"]
+    # A checkpoint damaged on disk: one warning naming it, then training from scratch, to the same result.
+    last = run_dir / "checkpoints/last.pt"
+    last.write_bytes(last.read_bytes()[:100_000])
+    run_snakemake(killed, "--forcerun", "train", "--", TARGET)
+    log = (killed / "logs/train/m/fold0.log").read_text().split("=== start")[-1]
+    assert f"checkpoint {last.relative_to(killed)} cannot be read" in log and "starting from scratch" in log
+    assert "resuming" not in log and "epoch 1/4" in log
+    assert_same_training(run_dir, straight / "results/models/m/fold0")
+
+
+def assert_same_training(a, b):
+    ma = pd.read_csv(a / "metrics.csv").drop(columns="images_per_s")
+    mb = pd.read_csv(b / "metrics.csv").drop(columns="images_per_s")
+    assert ma["epoch"].tolist() == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(ma, mb, rtol=1e-5)
+    wa = torch.load(a / "best.pt", weights_only=False)["model"]
+    wb = torch.load(b / "best.pt", weights_only=False)["model"]
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5) for k in wa)
 
 

@@ -86,6 +86,37 @@ def test_rerun_has_nothing_to_do(demo_run):
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
+def plan(proc) -> dict[str, str]:
+    return dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
+
+
+def test_without_a_test_dataset_the_default_target_skips_the_submission(demo_run, tmp_path):
+    train_only = write_config(tmp_path / "train_only.yaml",
+                              {"datasets": [d for d in TINY["datasets"] if d["role"] == "train"]})
+    counts = plan(run_snakemake(demo_run, "-n", "--configfile", str(train_only)))
+    assert "submission" not in counts and counts["ensemble"] == "1" and counts["plots"] == "1"
+    asked = run_snakemake(demo_run, "-n", "results/submission.csv", "--configfile", str(train_only), check=False)
+    assert asked.returncode != 0
+    assert "datasets: no dataset has role: test, so there is nothing to submit" in asked.stdout + asked.stderr
+    assert plan(run_snakemake(demo_run, "-n"))["submission"] == "1"
+
+
+def test_n_folds_beyond_the_train_ids_fails_at_planning(demo_run):
+    proc = run_snakemake(demo_run, "-n", "--config", "n_folds=37", check=False)
+    assert proc.returncode != 0
+    assert ("n_folds: 37 folds need at least 37 train images; the train datasets hold 36 "
+            "(kaggle_train 24, fullsize_train 6, hpav18 6)") in proc.stdout + proc.stderr
+    run_snakemake(demo_run, "-n", "--config", "n_folds=36")
+
+
+def test_home_folder_in_data_root(demo_run):
+    # Before, "data_root: folder ~/data/demo does not exist". The shards' params now name the full
+    # path, so their jobs are planned again.
+    proc = run_snakemake(demo_run, "-n", "preprocess", "--config", "data_root=~/data/demo",
+                         env={"HOME": str(demo_run)})
+    assert plan(proc)["shard"] == "6"  # 24, 6, 6 and 8 Ids in shards of 10
+
+
 def test_real_hpav18_sample_through_preprocess(workflow_dir):
     image_id = "11088_89_B5_1"
     root = workflow_dir / "hpa"
@@ -93,7 +124,7 @@ def test_real_hpav18_sample_through_preprocess(workflow_dir):
     for c in COLORS:
         shutil.copy(DATA / f"89_B5_1_{c}.jpg", root / "hpav18" / f"{image_id}_{c}.jpg")
     (root / "v18.csv").write_text(f"Id,Target\n{image_id},6\n")
-    cfg = {"data_root": "hpa", "image_size": 512, "models": [],
+    cfg = {"data_root": "hpa", "image_size": 512, "models": TINY["models"],
            "datasets": [{"name": "v18", "format": "jpg", "images": "hpav18", "labels": "v18.csv", "role": "train"}]}
     write_config(workflow_dir / "config" / "config.yaml", cfg)
     run_snakemake(workflow_dir, "preprocess")
@@ -128,6 +159,8 @@ def test_bad_image_fails_the_job_and_leaves_no_shard(tmp_path, workflow_dir):
     (["--config", "hdf5_compression=zstd"], r"hdf5_compression"),
     (["--config", "data_root=no/such/dir"], r"data_root: folder no/such/dir does not exist"),
     (["--config", "tiling=grid", "tile_size=48"], r"tile_size: 48 does not divide image_size 64"),
+    (["--config", "image_size=64.0"], r"image_size: 64\.0 is not of type 'integer'"),
+    (["--config", "n_folds=2.0"], r"n_folds: 2\.0 is not of type 'integer'"),
 ])
 def test_config_errors_name_the_key(workflow_dir, args, message):
     proc = run_snakemake(workflow_dir, "-n", *args, check=False)
@@ -159,7 +192,7 @@ def test_full_scale_plan_has_no_per_image_jobs(workflow_dir, tmp_path):
         shutil.copy(SHARED / "hpa" / name, tmp_path / name)
     proc = run_snakemake(workflow_dir, "-n", "--configfile", "config/hpa_kaggle.yaml",
                          "--config", f"data_root={tmp_path}")
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
+    counts = plan(proc)
     # 31,072 / 1024 -> 31 shards, 74,606 -> 73, 11,702 -> 12; 3 models x 5 folds.
     assert counts == {"shard": "116", "folds": "1", "train": "15", "predict": "15", "model_summary": "3",
                       "ensemble": "1", "submission": "1", "plots": "1", "all": "1", "total": "154"}

@@ -1,5 +1,5 @@
 from hpaflow.download import download_kaggle
-from hpaflow.io import atomic_path
+from hpaflow.files import atomic_path
 from hpaflow.runlog import logged
 
 with logged(snakemake.log[0]) as log:

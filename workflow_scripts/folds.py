@@ -1,5 +1,5 @@
+from hpaflow.files import atomic_path
 from hpaflow.folds import folds_table
-from hpaflow.io import atomic_path
 from hpaflow.labels import read_labels
 from hpaflow.runlog import logged
 

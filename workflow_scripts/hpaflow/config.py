@@ -6,6 +6,7 @@ Every error names the config key (e.g. `datasets[1].labels`) and what is wrong.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import jsonschema
@@ -20,8 +21,14 @@ class ConfigError(ValueError):
     pass
 
 
+def _strict_integer(checker, instance) -> bool:
+    # JSON Schema counts 64.0 as an integer; a size or count given as a float is a mistake here.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
 def _with_defaults(cls):
-    """A validator class that also fills in each property's `default` (like snakemake's validate)."""
+    """A validator class that also fills in each property's `default` (like snakemake's validate),
+    and whose `integer` is a Python int only."""
     check_properties = cls.VALIDATORS["properties"]
 
     def properties(validator, props, instance, schema):
@@ -31,7 +38,8 @@ def _with_defaults(cls):
                     instance.setdefault(name, copy.deepcopy(sub["default"]))
         yield from check_properties(validator, props, instance, schema)
 
-    return jsonschema.validators.extend(cls, {"properties": properties})
+    return jsonschema.validators.extend(cls, {"properties": properties},
+                                        type_checker=cls.TYPE_CHECKER.redefine("integer", _strict_integer))
 
 
 def key_path(path) -> str:
@@ -66,8 +74,19 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     return config
 
 
+# Folder keys where `~` means the home folder, as in a shell.
+PATH_KEYS = (("data_root",), ("pretrained_dir",), ("demo", "dir"))
+
+
 def check_config(config: dict) -> None:
-    """Cross-key rules; run after the schema (which fills defaults)."""
+    """Cross-key rules; run after the schema (which fills defaults). Expands `~` in folder keys."""
+    for keys in PATH_KEYS:
+        *parents, last = keys
+        node = config
+        for k in parents:
+            node = node[k]
+        if last in node:
+            node[last] = os.path.expanduser(node[last])
     names = [d["name"] for d in config["datasets"]]
     for i, name in enumerate(names):
         if names.index(name) != i:
@@ -84,6 +103,15 @@ def check_config(config: dict) -> None:
     for i, name in enumerate(models):
         if models.index(name) != i:
             raise ConfigError(f"models[{i}].name: {name!r} is used by models[{models.index(name)}] too")
+
+
+def check_fold_count(config: dict, tables: dict[str, LabelTable]) -> None:
+    """n_folds needs at least as many train Ids (checked when planning, from the label csvs)."""
+    n = sum(len(t) for t in tables.values())
+    if n < config["n_folds"]:
+        counts = ", ".join(f"{name} {len(t)}" for name, t in tables.items())
+        raise ConfigError(f"n_folds: {config['n_folds']} folds need at least {config['n_folds']} train images; "
+                          f"the train datasets hold {n} ({counts})")
 
 
 def dataset_path(config: dict, i: int, key: str) -> Path:

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from .io import COLORS, atomic_path
+from .files import atomic_path
+from .io import COLORS
 from .labels import NUM_CLASSES, decode, encode
 from .progress import Progress
 

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .io import COLORS, atomic_path
+from .files import atomic_path
+from .io import COLORS
 from .progress import Progress
 
 log = logging.getLogger("hpaflow")

@@ -1,4 +1,4 @@
-"""Image decoders for the three HPA source formats, and atomic file writes.
+"""Image decoders for the three HPA source formats.
 
 Every decoder returns one uint8 plane (H, W) per colour; `read_rgby` stacks the
 four as (H, W, 4) in RGBY order. Errors are `ImageError`s that name the file.
@@ -6,10 +6,8 @@ four as (H, W, 4) in RGBY order. Errors are `ImageError`s that name the file.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -19,6 +17,10 @@ import tifffile
 COLORS = ("red", "green", "blue", "yellow")
 # Extension of the channel files for each `format:` of a dataset.
 EXTENSIONS = {"png": "png", "tiff": "tif", "jpg": "jpg"}
+
+
+# The whole IEND chunk: zero length, type, CRC. Its 12 bytes do not occur by chance in a file.
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 class ImageError(ValueError):
@@ -47,36 +49,69 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def uint16_to_uint8(img: np.ndarray) -> np.ndarray:
-    """Linear map of the full uint16 range onto uint8, rounded: v8 = round(v16 * 255 / 65535).
+def uint16_to_uint8(img: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Linear map of the `bits`-bit range onto uint8, rounded: v8 = round(v16 * 255 / (2**bits - 1)),
+    values above the range clipped to 255.
 
     A fixed rule (not per-image contrast stretching) keeps intensities comparable
-    across images, which is what the classifier learns from; a uint8 value v
+    across images, which is what the classifier learns from; with 16 bits a uint8 value v
     stored as v * 257 comes back exactly.
     """
-    # cv2's SIMD scaling rounds to nearest and equals the integer formula for all 65,536 inputs
-    # (no input lies exactly on .5; tests/test_io.py checks every value): 25x faster on 2048 px.
-    return cv2.convertScaleAbs(img, alpha=255.0 / 65535.0)
+    # cv2's SIMD scaling rounds to nearest and saturates; it equals the integer formula for all
+    # 65,536 inputs (no input lies exactly on .5; tests/test_io.py checks every value): 25x faster on 2048 px.
+    return cv2.convertScaleAbs(img, alpha=255.0 / ((1 << bits) - 1))
 
 
-def decode_png(path: Path) -> np.ndarray:
+@dataclass
+class Uint16Scaling:
+    """How uint16 planes become uint8 (`bits` significant bits), and what was seen on the way, so
+    that a shard can say once, not per plane, when the data do not look like `bits`-bit data."""
+
+    bits: int = 16
+    planes: int = 0
+    peak: int = 0
+    clipped: int = 0
+
+    def to_uint8(self, img: np.ndarray) -> np.ndarray:
+        peak = int(img.max())
+        self.planes += 1
+        self.peak = max(self.peak, peak)
+        self.clipped += peak > (1 << self.bits) - 1
+        return uint16_to_uint8(img, self.bits)
+
+    def warning(self) -> str | None:
+        if not self.planes:
+            return None
+        if self.clipped:
+            return (f"{self.clipped} of {self.planes} uint16 planes hold values above {(1 << self.bits) - 1} "
+                    f"(peak {self.peak}), clipped to 255: are they more than {self.bits}-bit data? "
+                    "(dataset key `bits`)")
+        if self.bits == 16 and self.peak < 4096:
+            return (f"all {self.planes} uint16 planes peak at {self.peak} (< 4096): 12-bit camera data? Mapped "
+                    "over the full 16-bit range they come out 16x dimmer; set `bits: 12` on this dataset")
+        return None
+
+
+def decode_png(path: Path, scaling: Uint16Scaling | None = None) -> np.ndarray:
     """One 8-bit (or 16-bit, scaled) single-channel PNG."""
     data = _read_bytes(path)
-    # libpng stops without an error on some truncations: the IEND chunk must close the file.
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         raise ImageError(f"{path}: not a PNG file")
-    if data[-12:-8] != b"\x00\x00\x00\x00" or data[-8:-4] != b"IEND":
-        raise ImageError(f"{path}: truncated PNG (no IEND chunk at the end)")
+    # libpng stops without an error on some truncations: the IEND chunk must be there. Bytes after
+    # it are ignored, as libpng does (some writers pad files).
+    if data.rfind(PNG_IEND, 8) < 0:
+        raise ImageError(f"{path}: truncated PNG (no IEND chunk)")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageError(f"{path}: PNG cannot be decoded")
     if img.ndim != 2:
         raise ImageError(f"{path}: expected a single-channel (gray) PNG, got shape {img.shape}")
-    return _to_uint8(img, path)
+    return _to_uint8(img, path, scaling)
 
 
-def decode_tiff(path: Path) -> np.ndarray:
-    """One single-plane TIFF, uint8 or uint16 (scaled by `uint16_to_uint8`)."""
+def decode_tiff(path: Path, scaling: Uint16Scaling | None = None) -> np.ndarray:
+    """One single-plane TIFF, uint8 or uint16 (scaled by `uint16_to_uint8`); uncompressed or compressed
+    (LZW, deflate, ... through imagecodecs)."""
     if not path.exists():
         raise ImageError(f"{path}: missing file")
     try:
@@ -86,7 +121,7 @@ def decode_tiff(path: Path) -> np.ndarray:
     img = np.squeeze(img)
     if img.ndim != 2:
         raise ImageError(f"{path}: expected a single-plane TIFF, got shape {img.shape}")
-    return _to_uint8(img, path)
+    return _to_uint8(img, path, scaling)
 
 
 # HPAv18 JPEGs are RGB with the signal in one plane (cv2 gives BGR, hence the indices).
@@ -121,31 +156,32 @@ def decode_hpav18_jpeg(path: Path, color: str) -> np.ndarray:
     return _JPEG_PLANES[color](img)
 
 
-def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
+def _to_uint8(img: np.ndarray, path: Path, scaling: Uint16Scaling | None) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.uint16:
-        return uint16_to_uint8(img)
+        return (scaling or Uint16Scaling()).to_uint8(img)
     raise ImageError(f"{path}: expected uint8 or uint16 pixels, got {img.dtype}")
 
 
-def decode_channel(path: Path, fmt: str, color: str) -> np.ndarray:
+def decode_channel(path: Path, fmt: str, color: str, scaling: Uint16Scaling | None = None) -> np.ndarray:
     if fmt == "png":
-        return decode_png(path)
+        return decode_png(path, scaling)
     if fmt == "tiff":
-        return decode_tiff(path)
+        return decode_tiff(path, scaling)
     if fmt == "jpg":
         return decode_hpav18_jpeg(path, color)
     raise ValueError(f"unknown image format {fmt!r} (expected png, tiff or jpg)")
 
 
-def read_rgby(images_dir: str | Path, image_id: str, fmt: str, size: int | None = None) -> np.ndarray:
+def read_rgby(images_dir: str | Path, image_id: str, fmt: str, size: int | None = None,
+              scaling: Uint16Scaling | None = None) -> np.ndarray:
     """The four channels of one Id as uint8 (H, W, 4), RGBY order; all must share one square shape.
 
     With `size`, each plane is resized (cv2 INTER_AREA) to size x size as it is read, which
     spares stacking full-size planes (a 2048 px image is 16 MB of them).
     """
-    planes = [decode_channel(channel_path(images_dir, image_id, c, fmt), fmt, c) for c in COLORS]
+    planes = [decode_channel(channel_path(images_dir, image_id, c, fmt), fmt, c, scaling) for c in COLORS]
     shapes = {p.shape for p in planes}
     if len(shapes) != 1:
         detail = ", ".join(f"{c} {p.shape[1]}x{p.shape[0]}" for c, p in zip(COLORS, planes))
@@ -160,21 +196,3 @@ def read_rgby(images_dir: str | Path, image_id: str, fmt: str, size: int | None 
         # INTER_AREA averages source pixels when shrinking (no aliasing of fine structure).
         out[:, :, c] = cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA)
     return out
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds.
-
-    A failed or killed job thus never leaves a half-written `final` behind.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, final)
-    finally:
-        tmp_path.unlink(missing_ok=True)

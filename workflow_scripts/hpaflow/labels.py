@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,19 @@ def decode(y: np.ndarray) -> list[str]:
     return [" ".join(str(k) for k in np.flatnonzero(row)) for row in y]
 
 
+def check_field_counts(path: Path) -> None:
+    """Every row has as many fields as the header. pandas would otherwise take the extra leading
+    fields of rows such as `a,1,2` (an unquoted multi-label Target) as their index, silently."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        rows = csv.reader(f)
+        n_header = len(next(rows, []))
+        for line, row in enumerate(rows, start=2):
+            if row and len(row) != n_header:
+                hint = (" (labels of one image are separated by spaces: `Id,Target` then `a,1 2`)"
+                        if len(row) > n_header else "")
+                raise LabelError(f"{path}: line {line}: {len(row)} fields, the header has {n_header}{hint}")
+
+
 @functools.cache
 def read_labels(path: str, with_targets: bool) -> LabelTable:
     """Read and check a label csv. `with_targets` False reads only `Id` (e.g. sample_submission.csv).
@@ -71,6 +85,7 @@ def read_labels(path: str, with_targets: bool) -> LabelTable:
     p = Path(path)
     if not p.is_file():
         raise LabelError(f"{path}: label csv does not exist")
+    check_field_counts(p)
     try:
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from .augment import dihedral_batch, prepare_batch
 from .data import ShardDataset, ShardRows, fold_of
-from .io import atomic_path
+from .files import atomic_path
 from .models import build_model
 from .runtime import autocast_dtype, pick_device
 from .transforms import CHANNELS, combine
@@ -55,8 +55,39 @@ def aggregate_tiles(ids: np.ndarray, probs: np.ndarray, how: str) -> tuple[np.nd
     return uniq[order], agg[..., order, :].astype(np.float32)
 
 
-def load_model(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+class LeakError(ValueError):
+    """A model asked to score, as out-of-fold, Ids that it was trained on."""
+
+
+def load_checkpoint(checkpoint: str | Path) -> dict:
+    """A best.pt as written by training; errors name the file and what to do."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        missing = {"model", "config"} - set(state)
+    except Exception as e:  # torch raises many types for a truncated or foreign file
+        raise ValueError(f"{checkpoint}: cannot be read as a checkpoint ({type(e).__name__}: {e}); "
+                         "delete it and rerun its train job") from None
+    if missing:
+        raise ValueError(f"{checkpoint}: not a model checkpoint (no {', '.join(sorted(missing))})")
+    return state
+
+
+def check_no_leak(state: dict, checkpoint: str | Path, ids: np.ndarray, fold: int) -> None:
+    """Refuse to score as out-of-fold any Id that the checkpoint's model was trained on."""
+    trained = state.get("train_ids")
+    if trained is None:
+        raise LeakError(f"{checkpoint}: records no training Ids (written by an older version), so its "
+                        "out-of-fold predictions cannot be checked for leaks; delete it and rerun its train job")
+    leaked = sorted(set(np.unique(ids)) & set(trained))
+    if leaked:
+        shown = ", ".join(leaked[:10]) + (", ..." if len(leaked) > 10 else "")
+        raise LeakError(
+            f"{checkpoint} was trained on {len(leaked)} Id(s) that fold {fold} now holds out ({shown}): "
+            "refusing to write them as out-of-fold predictions. The folds or the data changed after this "
+            "model was trained; rerun its train job (snakemake does when folds.csv or the shards are newer)")
+
+
+def load_model(state: dict, device: torch.device) -> tuple[torch.nn.Module, dict]:
     cfg = state["config"]
     model = build_model(cfg["backbone"], CHANNELS[cfg["color_mode"]], pretrained=False)
     model.load_state_dict(state["model"])
@@ -94,11 +125,13 @@ def run_predict(checkpoint: str, train_shards: list[str], test_shards: list[str]
                 batch_size: int, device_name: str, threads: int) -> None:
     torch.set_num_threads(max(1, threads))
     device = pick_device(device_name)
-    model, cfg = load_model(checkpoint, device)
-    workers = max(0, threads - 1)
-    parts = {}
+    state = load_checkpoint(checkpoint)
     rows = ShardRows.from_files(train_shards)
     val = rows.subset(fold_of(rows, folds_csv) == fold)
+    check_no_leak(state, checkpoint, val.ids, fold)
+    model, cfg = load_model(state, device)
+    workers = max(0, threads - 1)
+    parts = {}
     for name, r in [("oof", val), ("test", ShardRows.from_files(test_shards) if test_shards else None)]:
         if r is None:
             continue

@@ -5,12 +5,15 @@ A shard `results/shards/{dataset}/{index}.h5` holds, for rows i = 0..N-1:
   ids         str (N,)         the source image's Id (repeated for its tiles)
   tile_origin int32 (N, 2)     (y, x) of the row's top-left corner in the resized image
   labels      uint8 (N, 28)    train datasets only
-and attributes channel_order, image_size, tile_size, tiling, source_format, dataset, role.
-Without tiling, every row is one image and tile_origin is (0, 0).
+and attributes channel_order, image_size, tile_size, tiling, source_format, dataset, role, and
+content_digest: a sha256 of images, ids, tile_origin and labels, which training compares to decide
+whether a checkpoint was made with the same data. Without tiling, every row is one image and
+tile_origin is (0, 0).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -19,7 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .io import ImageError, atomic_path, read_rgby
+from .files import atomic_path
+from .io import ImageError, Uint16Scaling, read_rgby
 from .labels import NUM_CLASSES
 from .progress import Progress
 
@@ -31,6 +35,7 @@ COMPRESSIONS = {"none": {}, "lzf": {"compression": "lzf"},
                 "gzip": {"compression": "gzip", "compression_opts": 4}}
 MAX_ERRORS_SHOWN = 20
 WRITE_BLOCK = 16  # images per HDF5 write call
+DIGEST_ATTR = "content_digest"
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class ShardSpec:
     tiling: str = "none"
     tile_size: int | None = None
     compression: str = "none"
+    bits: int = 16  # significant bits of uint16 sources
 
     @property
     def row_size(self) -> int:
@@ -96,9 +102,12 @@ def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.nda
             # Rows go to HDF5 in blocks: one write call per image costs more than the copy.
             block = np.empty((WRITE_BLOCK * spec.tiles_per_image, s, s, 4), np.uint8)
             row = filled = 0
+            digest = hashlib.sha256()  # of the image rows in order, as they are written
+            scaling = Uint16Scaling(spec.bits)
             for image_id in ids:
                 try:
-                    tiles, origins = cut_tiles(read_rgby(spec.images_dir, image_id, spec.fmt, spec.image_size), spec)
+                    rgby = read_rgby(spec.images_dir, image_id, spec.fmt, spec.image_size, scaling)
+                    tiles, origins = cut_tiles(rgby, spec)
                 except ImageError as e:
                     errors.append(str(e))
                     row += spec.tiles_per_image
@@ -110,11 +119,13 @@ def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.nda
                     filled += len(tiles)
                     if filled == len(block):
                         images[row + len(tiles) - filled:row + len(tiles)] = block
+                        digest.update(block.data)
                         filled = 0
                 row += len(tiles)
                 progress.update()
             if filled and not errors:
                 images[row - filled:row] = block[:filled]
+                digest.update(np.ascontiguousarray(block[:filled]).data)
             if errors:
                 shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
                 more = len(errors) - MAX_ERRORS_SHOWN
@@ -123,17 +134,44 @@ def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.nda
                     f"dataset {spec.dataset}, shard {shard_index}: {len(errors)} of {len(ids)} "
                     f"image(s) failed the check; no shard written:\n  {shown}{tail}"
                 )
+            if warning := scaling.warning():
+                log.warning("dataset %s, shard %d: %s", spec.dataset, shard_index, warning)
             repeat = spec.tiles_per_image
-            h5.create_dataset("ids", data=np.repeat(np.array(ids, dtype=object), repeat),
-                              dtype=h5py.string_dtype())
+            row_ids = np.repeat(np.array(ids, dtype=object), repeat)
+            row_labels = None if labels is None else np.repeat(labels.astype(np.uint8), repeat, axis=0)
+            h5.create_dataset("ids", data=row_ids, dtype=h5py.string_dtype())
             h5.create_dataset("tile_origin", data=origin)
-            if labels is not None:
-                h5.create_dataset("labels", data=np.repeat(labels.astype(np.uint8), repeat, axis=0))
+            if row_labels is not None:
+                h5.create_dataset("labels", data=row_labels)
             h5.attrs.update({
+                DIGEST_ATTR: finish_digest(digest, row_ids, origin, row_labels),
                 "channel_order": "RGBY", "image_size": spec.image_size, "tile_size": s,
                 "tiling": spec.tiling, "source_format": spec.fmt, "dataset": spec.dataset,
                 "role": spec.role, "shard_index": shard_index, "num_classes": NUM_CLASSES,
             })
+
+
+def finish_digest(digest, ids, tile_origin: np.ndarray, labels: np.ndarray | None) -> str:
+    """Add the per-row tables to a sha256 that has seen every image row, in order."""
+    digest.update("\0".join(map(str, ids)).encode())
+    digest.update(np.ascontiguousarray(tile_origin, np.int32).data)
+    if labels is not None:
+        digest.update(np.ascontiguousarray(labels, np.uint8).data)
+    return digest.hexdigest()
+
+
+def shard_digest(path: str | Path) -> str:
+    """The content digest of a shard: the attribute its writer stored, or (a shard written before
+    digests existed) the same sha256 computed from its datasets."""
+    with h5py.File(path, "r") as h5:
+        if DIGEST_ATTR in h5.attrs:
+            return str(h5.attrs[DIGEST_ATTR])
+        digest = hashlib.sha256()
+        images = h5["images"]
+        for start in range(0, len(images), WRITE_BLOCK):
+            digest.update(np.ascontiguousarray(images[start:start + WRITE_BLOCK]).data)
+        labels = h5["labels"][...] if "labels" in h5 else None
+        return finish_digest(digest, h5["ids"].asstr()[...], h5["tile_origin"][...], labels)
 
 
 @dataclass

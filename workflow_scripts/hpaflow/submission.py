@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path
+from .files import atomic_path
 from .labels import NUM_CLASSES
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .ensemble import fit_weights, weighted_mean
-from .io import atomic_path
+from .files import atomic_path
 from .labels import CLASS_NAMES
 from .metrics import f1_per_class, macro_f1, macro_f1_at
 from .thresholds import ThresholdSettings, cross_fit, evaluate, fit

@@ -2,10 +2,11 @@
 
 Files in `out_dir` (= results/models/{model}/fold{fold}/):
   checkpoints/last.pt  everything needed to resume (written atomically after every epoch)
-  checkpoints/best.pt  weights of the best epoch by validation macro F1
+  checkpoints/best.pt  weights of the best epoch by validation macro F1, with the Ids trained on
   best.pt, metrics.csv the rule's outputs, (re)written from the above
 The checkpoints are not rule outputs, so Snakemake's clean-up of a failed or requeued job
-keeps them and the rerun resumes.
+keeps them and the rerun resumes: only when the job is the same one (`job_fingerprint`), so a
+change of folds, labels or shards retrains from scratch instead of resuming a stale model.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import time
@@ -27,20 +27,19 @@ from torch.utils.data import DataLoader
 
 from .augment import prepare_batch
 from .data import ShardDataset, ShardRows, fold_of, make_sampler
-from .io import atomic_path
+from .files import atomic_path
 from .losses import LOSSES
 from .metrics import bce_from_probs, macro_f1_at
 from .models import build_model
 from .predict import predict_probs
 from .progress import Progress, format_seconds
 from .runtime import autocast_dtype, pick_device
+from .shards import shard_digest
 from .thresholds import best_global
 from .transforms import CHANNELS
 from .visdom import VisdomPlot
 
 log = logging.getLogger("hpaflow")
-# Test hook: exit abruptly (like a killed job) once this epoch's checkpoint is written.
-STOP_ENV = "HPAFLOW_STOP_AFTER_EPOCH"
 
 
 @dataclass
@@ -66,10 +65,58 @@ class TrainConfig:
     threads: int = 1
     visdom: dict = field(default_factory=dict)
 
-    def fingerprint(self, data: list[str]) -> str:
-        """What a checkpoint must match to be resumed (everything but threads, device, visdom)."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("threads", "device", "visdom")}
-        return hashlib.sha256(json.dumps([keep, sorted(data)], sort_keys=True).encode()).hexdigest()[:16]
+    def settings(self) -> dict:
+        """What the model depends on: everything but where and how fast it runs."""
+        return {k: v for k, v in asdict(self).items() if k not in ("threads", "device", "visdom")}
+
+
+def _sha(*chunks: bytes) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()[:16]
+
+
+def _sorted_ids(rows: ShardRows) -> bytes:
+    return "\0".join(np.sort(rows.ids)).encode()
+
+
+def _labels_by_id(rows: ShardRows) -> bytes:
+    """Every row's labels in Id order: the same bytes whichever fold each row is in."""
+    return np.ascontiguousarray(rows.labels[np.argsort(rows.ids, kind="stable")]).tobytes()
+
+
+def job_fingerprint(cfg: TrainConfig, rows: ShardRows, fold: np.ndarray, shard_files: list[str]) -> dict[str, str]:
+    """Everything a checkpoint must match to be resumed, part by part, so a mismatch can say what changed."""
+    return {
+        "model settings": _sha(json.dumps(cfg.settings(), sort_keys=True).encode()),
+        "training Ids": _sha(_sorted_ids(rows.subset(fold != cfg.fold))),
+        "validation Ids": _sha(_sorted_ids(rows.subset(fold == cfg.fold))),
+        "labels": _sha(_labels_by_id(rows)),
+        "shard contents": _sha(*(shard_digest(f).encode() for f in shard_files)),
+    }
+
+
+def resumable_state(last: Path, fingerprint: dict[str, str]) -> dict | None:
+    """The state in `last` if it is this job's; else None, with one log line saying why."""
+    if not last.exists():
+        return None
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        old = state["fingerprint"]
+    except Exception as e:  # torch raises many types for a truncated or foreign file
+        log.warning("checkpoint %s cannot be read (%s: %s), e.g. the job was killed while writing it: "
+                    "starting from scratch", last, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return None
+    if not isinstance(old, dict):
+        log.warning("checkpoint %s was written by an older version of the workflow: starting from scratch", last)
+        return None
+    changed = [part for part, value in fingerprint.items() if old.get(part) != value]
+    if changed:
+        log.warning("checkpoint %s is from another job (changed: %s): starting from scratch",
+                    last, ", ".join(changed))
+        return None
+    return state
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -145,23 +192,23 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
     dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     loss_fn = LOSSES[cfg.loss]
-    fingerprint = cfg.fingerprint([str(Path(f).name) for f in shard_files])
+    fingerprint = job_fingerprint(cfg, rows, fold, shard_files)
+    trained_on = sorted(set(train_rows.ids))  # recorded in best.pt: predict refuses to score these out-of-fold
 
     start_epoch, history, best_f1 = 0, [], -1.0
     last = ckpt_dir / "last.pt"
-    if last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        if state["fingerprint"] != fingerprint:
-            log.warning("checkpoint %s was made with another config or data; starting from scratch", last)
-        else:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-            start_epoch, history, best_f1 = state["epoch"] + 1, state["history"], state["best_f1"]
-            log.info("resuming from %s: epoch %d of %d done, going on with epoch %d",
-                     last, start_epoch, cfg.epochs, start_epoch + 1)
+    state = resumable_state(last, fingerprint)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_epoch, history, best_f1 = state["epoch"] + 1, state["history"], state["best_f1"]
+        log.info("resuming from %s: epoch %d of %d done, going on with epoch %d",
+                 last, start_epoch, cfg.epochs, start_epoch + 1)
+    else:
+        (ckpt_dir / "best.pt").unlink(missing_ok=True)  # another job's best epoch must not become ours
     plot = VisdomPlot(cfg.visdom, f"{cfg.name}_fold{cfg.fold}", log)
 
     run_start = time.monotonic()
@@ -194,8 +241,8 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
         improved = f1_best > best_f1
         if improved:
             best_f1 = f1_best
-            save({"model": model.state_dict(), "epoch": epoch + 1, "val_f1": f1_best,
-                  "threshold": thr, "config": asdict(cfg)}, ckpt_dir / "best.pt")
+            save({"model": model.state_dict(), "epoch": epoch + 1, "val_f1": f1_best, "threshold": thr,
+                  "config": asdict(cfg), "fingerprint": fingerprint, "train_ids": trained_on}, ckpt_dir / "best.pt")
         save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
               "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "history": history,
               "best_f1": best_f1, "fingerprint": fingerprint}, last)
@@ -206,10 +253,6 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
                  "%.1f img/s; ETA %s", epoch + 1, cfg.epochs, row["train_loss"], val_loss, f1_05, f1_best, thr,
                  " (best)" if improved else "", row["images_per_s"], format_seconds(eta))
         plot.update(history)
-        if os.environ.get(STOP_ENV) == str(epoch + 1):
-            log.warning("%s=%d: stopping abruptly after the checkpoint, as a killed job would", STOP_ENV, epoch + 1)
-            logging.shutdown()
-            os._exit(3)
 
     with atomic_path(out / "best.pt") as tmp:
         shutil.copyfile(ckpt_dir / "best.pt", tmp)
