@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO / "workflow_scripts"))
 
 from hpaflow.data import ShardDataset, ShardRows  # noqa: E402
 from hpaflow.demo import render, sample_label_sets, write_hpav18_jpeg, write_png  # noqa: E402
-from hpaflow.io import COLORS, EXTENSIONS  # noqa: E402
 from hpaflow.labels import encode  # noqa: E402
+from hpaflow.layout import COLORS, EXTENSIONS  # noqa: E402
 from hpaflow.shards import COMPRESSIONS, ShardSpec, write_shard  # noqa: E402
 from hpaflow.thresholds import ThresholdSettings, fit  # noqa: E402
 from hpaflow.transforms import MEAN, STD, compose, dihedral  # noqa: E402

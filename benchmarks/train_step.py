@@ -68,6 +68,40 @@ def run(model, batches, device, dtype, steps: int, warmup: int, mode: str) -> fl
     return n / (time.perf_counter() - t0)
 
 
+def step_rates(backbones: list[str], size: int, batch: int, steps: int, warmup: int, workers: int,
+               device: torch.device, color_mode: str = "gyb", precisions=None) -> list[dict]:
+    """Training images/s per backbone x precision: real loader over a shard vs batches in memory."""
+    n_images = batch * (steps + warmup)
+    if precisions is None:
+        precisions = [("fp32", None)] + ([("mixed", autocast_dtype(device))] if device.type == "cuda" else [])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = Path(tmp) / "bench.h5"
+        make_shard(shard, min(n_images, 512), size)
+        ds = ShardDataset(ShardRows.from_files([shard]), size, train=True)
+        sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=n_images)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
+                                             pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+        # The same first batch over and over, already read: what the step costs without the loader.
+        first = next(iter(torch.utils.data.DataLoader(ds, batch_size=batch)))
+        in_memory = [first] * (steps + warmup)
+        for backbone in backbones:
+            for label, dtype in precisions:
+                torch.manual_seed(0)
+                model = build_model(backbone, CHANNELS[color_mode], pretrained=False).to(device)
+                if dtype is not None:  # the training loop uses channels_last with mixed precision on CUDA
+                    model = model.to(memory_format=torch.channels_last)
+                model.train()
+                mem = run(model, in_memory, device, dtype, steps, warmup, color_mode)
+                real = run(model, loader, device, dtype, steps, warmup, color_mode)
+                rows.append({"backbone": backbone, "size": size, "batch": batch, "device": str(device),
+                             "precision": label if dtype is None else f"{label} ({str(dtype)[6:]})",
+                             "in_memory_img_s": round(mem, 1), "loader_img_s": round(real, 1),
+                             "loader_fraction": round(real / mem, 3), "workers": workers})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50", "se_resnet50"])
@@ -82,33 +116,8 @@ def main() -> None:
     args = ap.parse_args()
 
     device = pick_device(args.device)
-    n_images = args.batch * (args.steps + args.warmup)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        shard = Path(tmp) / "bench.h5"
-        make_shard(shard, min(n_images, 512), args.size)
-        ds = ShardDataset(ShardRows.from_files([shard]), args.size, train=True)
-        sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=n_images)
-        loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
-                                             pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
-        # The same first batch over and over, already read: what the step costs without the loader.
-        first = next(iter(torch.utils.data.DataLoader(ds, batch_size=args.batch)))
-        in_memory = [first] * (args.steps + args.warmup)
-        precisions = [("fp32", None)] + ([("mixed", autocast_dtype(device))] if device.type == "cuda" else [])
-        for backbone in args.backbones:
-            for label, dtype in precisions:
-                torch.manual_seed(0)
-                model = build_model(backbone, CHANNELS[args.color_mode], pretrained=False).to(device)
-                if dtype is not None:  # the training loop uses channels_last with mixed precision on CUDA
-                    model = model.to(memory_format=torch.channels_last)
-                model.train()
-                mem = run(model, in_memory, device, dtype, args.steps, args.warmup, args.color_mode)
-                real = run(model, loader, device, dtype, args.steps, args.warmup, args.color_mode)
-                rows.append({"backbone": backbone, "size": args.size, "batch": args.batch, "device": str(device),
-                             "precision": label if dtype is None else f"{label} ({str(dtype)[6:]})",
-                             "in_memory_img_s": round(mem, 1), "loader_img_s": round(real, 1),
-                             "loader_fraction": round(real / mem, 3), "workers": args.workers})
-                print(json.dumps(rows[-1]), flush=True)
+    rows = step_rates(args.backbones, args.size, args.batch, args.steps, args.warmup, args.workers, device,
+                      args.color_mode)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))

@@ -11,7 +11,7 @@ from hpaflow.config import (
     read_dataset,
     validate_config,
 )
-from hpaflow.shards import shard_count
+from hpaflow.layout import shard_count
 
 
 # Validated here, once the package is importable: errors name the key (schema + cross-key rules).

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import DATA, run_snakemake
 from hpaflow.download import DownloadError, FetchSettings, download_hpav18, download_kaggle, hpav18_url, part_rows
-from hpaflow.io import COLORS
+from hpaflow.layout import COLORS
 
 IDS = ["11088_89_B5_1", "11088_89_B5_2"]  # the second is the same field served under another name
 

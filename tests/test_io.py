@@ -14,13 +14,13 @@ from conftest import DATA
 from hpaflow.io import (
     ImageError,
     Uint16Scaling,
-    channel_path,
     decode_hpav18_jpeg,
     decode_png,
     decode_tiff,
     read_rgby,
     uint16_to_uint8,
 )
+from hpaflow.layout import channel_path
 
 RNG = np.random.default_rng(0)
 

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 from hpaflow.io import ImageError
+from hpaflow.layout import shard_count, shard_slice
 from hpaflow.shards import (
     DIGEST_ATTR,
     ShardSpec,
     read_shard,
-    shard_count,
     shard_digest,
-    shard_slice,
     write_shard,
 )
 

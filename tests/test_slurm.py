@@ -1,8 +1,10 @@
-"""The workflow on a real one-node SLURM cluster (tests/slurm/cluster.sh), through profiles/slurm.
+"""The workflow on a real one-node SLURM cluster with 2 GPUs as GRES (tests/slurm/cluster.sh), through
+profiles/slurm with the test layer (tests/slurm/profile) merged over it.
 
-One run covers the issue's checks: every non-local job goes through sbatch, train and predict run
-in partition gpu, the submission is right, and a train job requeued mid-training by
-`scontrol requeue` resumes from its checkpoint.
+One run covers: every non-local job goes through sbatch; train and predict ask for and get one GPU
+(gpu:1 in their allocation, CUDA_VISIBLE_DEVICES in their environment), in partition gpu, at
+most 2 at once; the other jobs get none; the submission is right; and a train job requeued
+mid-training by `scontrol requeue` resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -16,24 +18,56 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import REPO, TINY, copy_workflow, write_config
 from hpaflow.submission import check_submission
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
-PROFILES = ["--profile", str(REPO / "profiles/slurm"), "--workflow-profile", str(REPO / "tests/slurm/profile")]
+GPU_RULES = ("rule_train", "rule_predict")
+
+
+def merged(base: dict, layer: dict) -> dict:
+    """`layer` over `base`: mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in layer.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def test_profile(tmp_path) -> list[str]:
+    production = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    profile = merged(production, yaml.safe_load((REPO / "tests/slurm/profile/config.yaml").read_text()))
+    for rule in ("train", "predict"):  # the production GPU lines reach sbatch unchanged
+        for key in ("gpu", "slurm_partition"):
+            assert profile["set-resources"][rule][key] == production["set-resources"][rule][key]
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile/config.yaml").write_text(yaml.safe_dump(profile))
+    return ["--profile", str(tmp_path / "profile")]
+
+
+test_profile.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
 def cluster():
+    # In CI (CI=true, as root) a cluster that cannot start is a failure, not a skip.
+    problem = pytest.fail if os.environ.get("CI") == "true" and os.geteuid() == 0 else pytest.skip
     if os.geteuid() != 0:
-        pytest.skip("the SLURM test cluster needs root (it installs slurm-wlm/munge and starts daemons)")
+        problem("the SLURM test cluster needs root (it installs slurm-wlm/munge and starts daemons)")
     if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
-        pytest.skip("no apt-get to install slurm-wlm and no slurmctld on this machine")
+        problem("no apt-get to install slurm-wlm and no slurmctld on this machine")
     proc = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
-        pytest.skip(f"the SLURM test cluster could not be started: {proc.stderr.strip()[-500:]}")
+        problem(f"the SLURM test cluster could not be started: {proc.stderr.strip()[-500:]}")
     return True
+
+
+def job_fields(job_id: str) -> dict[str, str]:
+    """`scontrol show job -d -o` as key -> value (the job stays known for MinJobAge=600 s)."""
+    out = subprocess.run(["scontrol", "show", "job", "-d", "-o", job_id], capture_output=True, text=True,
+                         check=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
 def squeue_all() -> dict[str, tuple[str, str, str]]:
@@ -56,16 +90,21 @@ def test_workflow_on_slurm_with_a_requeued_train_job(cluster, tmp_path):
     wf = copy_workflow(tmp_path / "wf")
     write_config(wf / "config" / "config.yaml", SLURM_CONFIG)
     before = set(squeue_all())
-    subprocess.run(["timeout", "-k", "20", "300", sys.executable, "-m", "snakemake", "demo_data", *PROFILES],
+    profile = test_profile(tmp_path)
+    subprocess.run(["timeout", "-k", "20", "300", sys.executable, "-m", "snakemake", "demo_data", *profile],
                    cwd=wf, check=True, capture_output=True, timeout=330)
     log = open(tmp_path / "snakemake.log", "w")
     # Snakemake ignores SIGTERM while it waits on jobs: timeout -k follows with SIGKILL.
-    run = subprocess.Popen(["timeout", "-k", "20", "1200", sys.executable, "-m", "snakemake", *PROFILES],
+    run = subprocess.Popen(["timeout", "-k", "20", "1200", sys.executable, "-m", "snakemake", *profile],
                            cwd=wf, stdout=log, stderr=subprocess.STDOUT)
     requeued = None
+    most_gpu_jobs = 0
     ckpt = wf / "results/models/m/fold0/checkpoints/last.pt"
     deadline = time.monotonic() + 900
     while run.poll() is None and time.monotonic() < deadline:
+        running_gpu = [i for i, (_, state, comment) in squeue_all().items()
+                       if i not in before and state == "RUNNING" and comment.startswith(GPU_RULES)]
+        most_gpu_jobs = max(most_gpu_jobs, len(running_gpu))
         if requeued is None and ckpt.exists():
             running = [i for i, (_, state, comment) in squeue_all().items()
                        if i not in before and state == "RUNNING" and comment == "rule_train_wildcards_m_0"]
@@ -94,8 +133,17 @@ def test_workflow_on_slurm_with_a_requeued_train_job(cluster, tmp_path):
     assert logged_ids <= set(jobs) and len(logged_ids) == len(jobs)
     for i, (partition, state, comment) in jobs.items():
         assert state == "COMPLETED", (i, state, comment)
-        expected = "gpu" if comment.startswith(("rule_train", "rule_predict")) else "cpu"
-        assert partition == expected, (i, partition, comment)
+        gpu_job = comment.startswith(GPU_RULES)
+        assert partition == ("gpu" if gpu_job else "cpu"), (i, partition, comment)
+        fields = job_fields(i)
+        # Without an accounting database SLURM 22.05 lists GPUs in JOB_GRES and TresPerJob, not in TRES.
+        assert (fields["JOB_GRES"] == "gpu:1") == gpu_job, (i, comment, fields["JOB_GRES"])
+        assert (fields.get("TresPerJob") == "gres:gpu:1") == gpu_job, (i, comment, fields.get("TresPerJob"))
+    assert 1 <= most_gpu_jobs <= 2, most_gpu_jobs
+
+    # Each GPU job's environment had CUDA_VISIBLE_DEVICES (no driver here, so it says so and uses the CPU).
+    for log_file in [*(wf / "logs/train/m").glob("fold*.log"), *(wf / "logs/predict/m").glob("fold*.log")]:
+        assert re.search(r"given GPU\(s\) \(CUDA_VISIBLE_DEVICES=\d\) but torch", log_file.read_text()), log_file
 
     train_log = (wf / "logs/train/m/fold0.log").read_text()
     assert "resuming from" in train_log, train_log[-2000:]

@@ -1,6 +1,7 @@
 from hpaflow.labels import read_labels
+from hpaflow.layout import shard_slice
 from hpaflow.runlog import logged
-from hpaflow.shards import ShardSpec, shard_slice, write_shard
+from hpaflow.shards import ShardSpec, write_shard
 
 with logged(snakemake.log[0]) as log:
     p = snakemake.params

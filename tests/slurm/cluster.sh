@@ -3,10 +3,15 @@
 #   tests/slurm/cluster.sh start    install when missing, configure, start, wait for the node (idempotent)
 #   tests/slurm/cluster.sh stop     stop the daemons by their PID files
 #   tests/slurm/cluster.sh status   exit 0 when the node answers and is usable
-# Needs root. Partitions: cpu (default) and gpu, both on this node, without GRES.
+# Needs root. Partitions: cpu (default) and gpu, both on this node. The node declares 2 GPUs as GRES
+# (gres.conf names /dev/nvidia0-1, created here as device nodes where none exist): SLURM then
+# schedules --gpus requests against them and sets CUDA_VISIBLE_DEVICES in each job, as on a GPU
+# cluster; there is no GPU behind them, so torch in such a job finds no usable device.
 set -euo pipefail
 
 CONF=/etc/slurm/slurm.conf
+GRES_CONF=/etc/slurm/gres.conf
+GPUS=2
 PIDS=(/run/slurm/slurmd.pid /run/slurm/slurmctld.pid /run/munge/munged.pid)
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
@@ -20,8 +25,16 @@ install() {
     fi
 }
 
+gpu_devices() {
+    local i
+    for i in $(seq 0 $((GPUS - 1))); do
+        # A character device like the driver's (major 195); a plain file where mknod is not allowed.
+        [ -e /dev/nvidia$i ] || mknod -m 666 /dev/nvidia$i c 195 $i 2>/dev/null || touch /dev/nvidia$i
+    done
+}
+
 write_conf() {
-    local host cpus mem tmp
+    local host cpus mem tmp gres_tmp changed=1
     host=$(hostname -s)
     # `slurmd -C` prints this node's hardware as slurm.conf would describe it.
     cpus=$(slurmd -C | sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' | head -1)
@@ -47,6 +60,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
 AccountingStorageType=accounting_storage/none
+GresTypes=gpu
 JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
 ReturnToService=2
@@ -54,18 +68,27 @@ ReturnToService=2
 MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem} State=UNKNOWN
+NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem} Gres=gpu:${GPUS} State=UNKNOWN
 PartitionName=cpu Nodes=${host} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=${host} MaxTime=INFINITE State=UP
 CONF
+    gres_tmp=$(mktemp)
+    echo "NodeName=${host} Name=gpu File=/dev/nvidia[0-$((GPUS - 1))]" >"$gres_tmp"
+    if ! cmp -s "$gres_tmp" "$GRES_CONF"; then
+        mv "$gres_tmp" "$GRES_CONF"
+        chmod 644 "$GRES_CONF"
+        echo "wrote $GRES_CONF ($GPUS GPUs)"
+        changed=0
+    fi
+    rm -f "$gres_tmp"
     if ! cmp -s "$tmp" "$CONF"; then
         mv "$tmp" "$CONF"
         chmod 644 "$CONF"
-        echo "wrote $CONF (node $host, $cpus CPUs, $mem MB)"
-        return 0
+        echo "wrote $CONF (node $host, $cpus CPUs, $mem MB, $GPUS GPUs)"
+        changed=0
     fi
     rm -f "$tmp"
-    return 1
+    return $changed
 }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -78,6 +101,7 @@ node_ready() {
 
 start() {
     install
+    gpu_devices
     local changed=0
     write_conf && changed=1
     if [ "$changed" -eq 0 ] && alive /run/slurm/slurmctld.pid && alive /run/slurm/slurmd.pid && node_ready; then
@@ -97,7 +121,7 @@ start() {
     /usr/sbin/slurmd
     for _ in $(seq 1 60); do
         if node_ready; then
-            echo "cluster up: $(sinfo -h -o '%P %T %c CPUs %m MB' | tr '\n' ';')"
+            echo "cluster up: $(sinfo -h -o '%P %T %c CPUs %m MB %G' | tr '\n' ';')"
             return 0
         fi
         # A node left DOWN by an earlier run of these daemons comes back on request.

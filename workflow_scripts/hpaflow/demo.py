@@ -21,8 +21,8 @@ import pandas as pd
 import tifffile
 
 from .files import atomic_path
-from .io import COLORS
 from .labels import NUM_CLASSES, decode, encode
+from .layout import COLORS
 from .progress import Progress
 
 log = logging.getLogger("hpaflow")

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .files import atomic_path
-from .io import COLORS
+from .layout import COLORS
 from .progress import Progress
 
 log = logging.getLogger("hpaflow")

@@ -14,10 +14,7 @@ import cv2
 import numpy as np
 import tifffile
 
-COLORS = ("red", "green", "blue", "yellow")
-# Extension of the channel files for each `format:` of a dataset.
-EXTENSIONS = {"png": "png", "tiff": "tif", "jpg": "jpg"}
-
+from .layout import COLORS, channel_path
 
 # The whole IEND chunk: zero length, type, CRC. Its 12 bytes do not occur by chance in a file.
 PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -25,16 +22,6 @@ PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 class ImageError(ValueError):
     """A source image that is missing, unreadable, truncated or of the wrong shape."""
-
-
-def channel_path(images_dir: str | Path, image_id: str, color: str, fmt: str) -> Path:
-    """`{images}/{Id}_{color}.{ext}`; for TIFF both `.tif` and `.tiff` are accepted."""
-    base = Path(images_dir) / f"{image_id}_{color}.{EXTENSIONS[fmt]}"
-    if fmt == "tiff" and not base.exists():
-        alt = base.with_suffix(".tiff")
-        if alt.exists():
-            return alt
-    return base
 
 
 def _read_bytes(path: Path) -> bytes:

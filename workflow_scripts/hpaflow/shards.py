@@ -1,4 +1,4 @@
-"""HDF5 shards of uint8 RGBY images: planning, writing and reading.
+"""HDF5 shards of uint8 RGBY images: writing and reading (planning: `layout`).
 
 A shard `results/shards/{dataset}/{index}.h5` holds, for rows i = 0..N-1:
   images      uint8 (N, H, W, 4), RGBY, one row per chunk (random access reads one chunk)
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,17 +58,6 @@ class ShardSpec:
     @property
     def tiles_per_image(self) -> int:
         return (self.image_size // self.row_size) ** 2
-
-
-def shard_count(n_ids: int, shard_size: int) -> int:
-    return max(1, math.ceil(n_ids / shard_size))
-
-
-def shard_slice(index: int, n_ids: int, shard_size: int) -> slice:
-    """Rows of the label table that go into shard `index` (contiguous, in csv order)."""
-    if not 0 <= index < shard_count(n_ids, shard_size):
-        raise ValueError(f"shard index {index} out of range for {n_ids} Ids in shards of {shard_size}")
-    return slice(index * shard_size, min((index + 1) * shard_size, n_ids))
 
 
 def cut_tiles(rgby: np.ndarray, spec: ShardSpec) -> tuple[np.ndarray, np.ndarray]:

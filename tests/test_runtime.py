@@ -1,0 +1,31 @@
+"""Device choice: a job given GPUs that torch cannot use says so once, then runs on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpaflow.runtime import pick_device
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+
+
+@pytest.mark.parametrize("visible,warns", [("0", True), ("1,3", True), (None, False), ("", False),
+                                           ("NoDevFiles", False), ("-1", False)])
+def test_auto_without_cuda(monkeypatch, caplog, visible, warns):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    with caplog.at_level("WARNING", logger="hpaflow"):
+        assert pick_device("auto") == torch.device("cpu")
+    messages = [r.getMessage() for r in caplog.records]
+    assert bool(messages) == warns, messages
+    if warns:
+        assert messages[0].startswith(f"this job was given GPU(s) (CUDA_VISIBLE_DEVICES={visible}) but torch")
+        assert messages[0].endswith("finds no usable CUDA device: running on the CPU")
+
+
+def test_cuda_asked_for_without_one_is_an_error():
+    with pytest.raises(RuntimeError, match="device: cuda was asked for"):
+        pick_device("cuda")

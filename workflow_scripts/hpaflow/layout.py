@@ -1,0 +1,35 @@
+"""Where things are on disk, and how a dataset's Ids split into shard jobs.
+
+Standard library only: the Snakefile imports this at planning time, in the launcher env
+(snakemake and the SLURM plugin, no image stack).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+COLORS = ("red", "green", "blue", "yellow")
+# Extension of the channel files for each `format:` of a dataset.
+EXTENSIONS = {"png": "png", "tiff": "tif", "jpg": "jpg"}
+
+
+def channel_path(images_dir: str | Path, image_id: str, color: str, fmt: str) -> Path:
+    """`{images}/{Id}_{color}.{ext}`; for TIFF both `.tif` and `.tiff` are accepted."""
+    base = Path(images_dir) / f"{image_id}_{color}.{EXTENSIONS[fmt]}"
+    if fmt == "tiff" and not base.exists():
+        alt = base.with_suffix(".tiff")
+        if alt.exists():
+            return alt
+    return base
+
+
+def shard_count(n_ids: int, shard_size: int) -> int:
+    return max(1, math.ceil(n_ids / shard_size))
+
+
+def shard_slice(index: int, n_ids: int, shard_size: int) -> slice:
+    """Rows of the label table that go into shard `index` (contiguous, in csv order)."""
+    if not 0 <= index < shard_count(n_ids, shard_size):
+        raise ValueError(f"shard index {index} out of range for {n_ids} Ids in shards of {shard_size}")
+    return slice(index * shard_size, min((index + 1) * shard_size, n_ids))
