@@ -5,7 +5,7 @@ VENV := .venv
 CORES ?= $(shell nproc)
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: demo test test-quick lint venv clean
+.PHONY: demo test test-quick lint mutation venv clean
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ test: venv
 
 test-quick: venv  # everything but the full demo run
 	$(VENV)/bin/python -m pytest -q tests -m "not slow"
+
+mutation: venv  # mutation testing of the modules whose maths decides the results (not in CI: see README)
+	$(VENV)/bin/python tests/mutation.py
 
 lint: venv
 	$(SNAKEMAKE) --lint

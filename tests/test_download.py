@@ -6,14 +6,17 @@ import os
 import shutil
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import DATA, run_snakemake
+from hpaflow import download
 from hpaflow.download import DownloadError, FetchSettings, download_hpav18, download_kaggle, hpav18_url, part_rows
 from hpaflow.layout import COLORS
 
@@ -31,11 +34,13 @@ class Server:
                 self.files[f"/images/{antibody}/{rest}_{c}.jpg"] = (DATA / f"89_B5_1_{c}.jpg").read_bytes()
         self.script: dict[str, list] = {}
         self.hits: dict[str, int] = {}
+        self.times: dict[str, list[float]] = {}  # when each request arrived (time.monotonic)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                server.times.setdefault(self.path, []).append(time.monotonic())
                 action = server.script.get(self.path, []).pop(0) if server.script.get(self.path) else "serve"
                 if isinstance(action, int):
                     self.send_error(action)
@@ -109,6 +114,25 @@ def test_server_error_is_retried(server, tmp_path):
     server.script[path] = [500]
     counts = download_hpav18(IDS[:1], tmp_path / "d", settings(server), tmp_path / "r.tsv")
     assert counts == {"ok": 4} and server.hits[path] == 2
+
+
+def test_retries_wait_twice_as_long_each_time(server, tmp_path):
+    path = server.path(IDS[0], "green")
+    server.script[path] = [503, 503, 503]
+    counts = download_hpav18(IDS[:1], tmp_path / "d", settings(server, retries=3, backoff_s=0.1), tmp_path / "r.tsv")
+    assert counts == {"ok": 4} and server.hits[path] == 4
+    gaps = np.diff(server.times[path])
+    for k, gap in enumerate(gaps):  # at least 0.1, 0.2, 0.4 s apart (sleeps never end early)
+        assert gap >= 0.1 * 2**k * 0.95, gaps
+
+
+def test_backoff_is_capped_at_60_seconds(server, tmp_path, monkeypatch):
+    waits = []
+    monkeypatch.setattr(download.time, "sleep", waits.append)  # record the waits instead of sitting them out
+    path = server.path(IDS[0], "red")
+    server.script[path] = [500] * 4
+    download_hpav18(IDS[:1], tmp_path / "d", settings(server, retries=4, backoff_s=20), tmp_path / "r.tsv")
+    assert waits == [20, 40, 60, 60]
 
 
 def test_404_is_reported_and_fails(server, tmp_path):

@@ -57,6 +57,8 @@ def test_submission_rejects_missing_repeated_or_foreign_ids(ids, message):
 @pytest.mark.parametrize("rows,message", [
     ([["s1", "0"], ["s2", "28"], ["s3", ""]], r"row 3 \(Id s2\): labels '28' are not class indices"),
     ([["s1", "3 1"], ["s2", ""], ["s3", ""]], r"row 2 \(Id s1\): labels '3 1' are not sorted"),
+    ([["s1", "1 1"], ["s2", ""], ["s3", ""]], r"row 2 \(Id s1\): labels '1 1' are not sorted and unique"),
+    ([["s1", "0"], ["s2", "4 7 7"], ["s3", ""]], r"row 3 \(Id s2\): labels '4 7 7' are not sorted and unique"),
     ([["s2", "1"], ["s1", ""], ["s3", ""]], "not those of the sample submission in its order"),
 ])
 def test_check_rejects_bad_rows(tmp_path, rows, message):

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from hpaflow.data import ShardRows
 from hpaflow.models import build_model
-from hpaflow.predict import LeakError, run_predict
+from hpaflow.predict import LeakError, predict_rows, run_predict
 from hpaflow.shards import ShardSpec, write_shard
+from hpaflow.transforms import MEAN, STD
 
 PREDICT = dict(views=[0, 3, 6], tta_combine="max", tile_combine="mean", save_views=True, batch_size=3,
                device_name="cpu", threads=1)
@@ -87,3 +89,47 @@ def test_damaged_checkpoint_is_named(tmp_path):
     best.write_bytes(whole[:5000])  # cut short
     with pytest.raises(ValueError, match=re.escape(f"{best}: cannot be read as a checkpoint")):
         predict(tmp_path, str(best), 1)
+
+
+class PixelModel(torch.nn.Module):
+    """Logit of class k = input channel 0 at row 0, column k: the output follows the image's orientation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0, 0, :28]
+
+
+def by_hand(green: np.ndarray, view: int) -> np.ndarray:
+    """What PixelModel gives for one view of a uint8 green plane (gyb channel 0 is G), computed in numpy."""
+    oriented = np.rot90(green[:, ::-1] if view >= 4 else green, view % 4)  # flip left-right, then rotate
+    x = (oriented[0, :28].astype(np.float64) / 255 - MEAN[0]) / STD[0]
+    return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("tta_combine,tile_combine", [("mean", "mean"), ("max", "mean"), ("mean", "max")])
+def test_each_tta_view_and_tile_known_answer(tmp_path, tta_combine, tile_combine):
+    """Every view of every tile scored as computed by hand, then tiles and views combined as configured."""
+    rng = np.random.default_rng(3)
+    ids = ["p", "q"]
+    green = {}
+    for i in ids:
+        for c in ["red", "green", "blue", "yellow"]:
+            plane = rng.integers(0, 256, (56, 56), dtype=np.uint8)
+            cv2.imwrite(str(tmp_path / f"{i}_{c}.png"), plane)
+            if c == "green":
+                green[i] = plane
+    spec = ShardSpec(dataset="ds", fmt="png", images_dir=str(tmp_path), role="test", image_size=56,
+                     tiling="grid", tile_size=28)
+    write_shard(tmp_path / "s.h5", spec, ids, None)
+    views = [0, 1, 2, 3, 4, 5, 6, 7]
+    got_ids, probs, per_view = predict_rows(PixelModel(), {"image_size": 28, "color_mode": "gyb"},
+                                            ShardRows.from_files([tmp_path / "s.h5"]), torch.device("cpu"), views,
+                                            tta_combine, tile_combine, batch_size=3, workers=0)
+    assert got_ids.tolist() == ids
+    reduce = {"mean": np.mean, "max": np.max}
+    for n, i in enumerate(ids):
+        tiles = [green[i][y:y + 28, x:x + 28] for y in (0, 28) for x in (0, 28)]
+        expected_views = np.stack([reduce[tile_combine]([by_hand(t, v) for t in tiles], axis=0) for v in views])
+        assert np.allclose(per_view[:, n], expected_views, atol=1e-6)
+        assert np.allclose(probs[n], reduce[tta_combine](expected_views, axis=0), atol=1e-6)
+    # The views and tiles differ, so a shortcut (one view, one tile rule) cannot match by chance.
+    assert np.abs(per_view[1] - per_view[0]).max() > 0.05
