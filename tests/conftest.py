@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -77,6 +78,11 @@ def kill_snakemake_when(workdir: Path, args: list[str], ready: Callable[[], bool
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
+
+
+def plan(proc: subprocess.CompletedProcess) -> dict[str, str]:
+    """The job counts of a `snakemake -n` run: rule -> count, and total."""
+    return dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
 
 
 def write_config(path: Path, config: dict) -> Path:

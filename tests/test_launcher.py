@@ -3,7 +3,6 @@ the workflow: the Snakefile and rules/*.smk import no image stack, no torch at p
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, SHARED, TINY, copy_workflow, needs_shared, run_snakemake, write_config
+from conftest import REPO, SHARED, TINY, copy_workflow, needs_shared, plan, run_snakemake, write_config
 
 VENV = REPO / ".venv-launcher"
 
@@ -45,10 +44,6 @@ def launch(python: str, workdir, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
-
-
-def plan(proc) -> dict[str, str]:
-    return dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
 
 
 def test_launcher_plans_the_demo_and_the_slurm_profile(launcher, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpaflow.metrics import f1_per_class, macro_f1
+from hpaflow.metrics import f1_per_class, macro_f1, macro_f1_at
 from hpaflow.thresholds import (
     ThresholdSettings,
     apply,
@@ -121,3 +121,66 @@ def test_cross_fitted_score_is_honest_on_noise():
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown threshold method"):
         fit(np.zeros((4, 2)), np.zeros((4, 2)), ThresholdSettings("magic"))
+
+
+def test_a_score_equal_to_its_threshold_is_not_predicted():
+    p = np.array([[0.5, 0.2], [0.7, 0.5]])
+    assert apply(p, np.array([0.5, 0.5]), at_least_one=False).tolist() == [[False, False], [True, False]]
+    # ... and with at_least_one the empty first row takes its argmax, the second row stays as it is.
+    assert apply(p, np.array([0.5, 0.5])).tolist() == [[True, False], [True, False]]
+    assert macro_f1_at(np.array([[1, 0], [1, 0]]), p, 0.5) == pytest.approx(np.mean([2 / 3, 0.0]))
+
+
+def test_per_class_sweep_known_answers():
+    # No positives: threshold 1 (predict nothing), F1 0.
+    assert best_per_class(np.zeros(4, int), np.array([0.1, 0.9, 0.5, 0.3])) == (1.0, 0.0)
+    # Best cut after the two highest: the midpoint between the 2nd and 3rd score.
+    t, f1 = best_per_class(np.array([1, 1, 0, 0]), np.array([0.9, 0.8, 0.3, 0.1]))
+    assert t == pytest.approx(0.55) and f1 == 1.0
+    # Every image positive: the cut falls below the lowest score, just under it.
+    t, f1 = best_per_class(np.array([1, 1, 1]), np.array([0.7, 0.2, 0.4]))
+    assert t == pytest.approx(0.2 - 1e-6, abs=1e-9) and f1 == 1.0
+    # A tie that straddles the classes cannot be cut inside: positives 0.6 (x2, one negative among them).
+    t, f1 = best_per_class(np.array([1, 0, 1, 0]), np.array([0.6, 0.6, 0.9, 0.1]))
+    assert f1 == pytest.approx(max(2 * 1 / (1 + 2), 2 * 2 / (3 + 2))) and t == pytest.approx(0.35)
+    # Scores that are equal keep their order of appearance (stable sort) in float32 too.
+    t32, _ = best_per_class(np.array([1, 0, 0]), np.array([0.5, 0.5, 0.2], np.float32))
+    assert t32 == pytest.approx(0.35)
+
+
+def test_rate_threshold_known_answers():
+    p = np.array([[0.9, 0.1], [0.7, 0.2], [0.4, 0.3], [0.2, 0.4]])
+    t = rate_thresholds(p, np.array([0.5, 0.0]))
+    assert t[0] == pytest.approx(0.55) and t[1] == 1.0  # two of four above; none at all
+    t = rate_thresholds(p, np.array([1.0, 0.25]))
+    assert t[0] == pytest.approx(0.2 - 1e-6, abs=1e-9) and t[1] == pytest.approx(0.35)
+    # fit() takes the training prior when given one, else the labels' own rate.
+    y = np.array([[1, 0], [0, 0], [0, 0], [0, 0]])
+    assert fit(y, p, ThresholdSettings("rate"))[0] == pytest.approx(0.8)
+    assert fit(y, p, ThresholdSettings("rate"), prior=np.array([0.5, 0.0]))[0] == pytest.approx(0.55)
+
+
+def test_floor_and_shrink_boundaries():
+    rng = np.random.default_rng(8)
+    y = np.zeros((60, 2), int)
+    y[:5, 0] = 1
+    y[:20, 1] = 1
+    p = np.clip(y * 0.5 + rng.random((60, 2)) * 0.5, 0, 1)
+    t_global, _ = best_global(y, p)
+    raw = fit(y, p, ThresholdSettings("per_class"))
+    # Exactly min_positives positives keep their own value; one fewer takes the global one.
+    assert fit(y, p, ThresholdSettings("per_class", min_positives=5))[0] == raw[0]
+    assert fit(y, p, ThresholdSettings("per_class", min_positives=6))[0] == t_global
+    # shrink 0 leaves the per-class values as they are (also for a class without positives).
+    y[:, 0] = 0
+    assert np.array_equal(fit(y, p, ThresholdSettings("per_class", shrink=0)),
+                          fit(y, p, ThresholdSettings("per_class")))
+    shrunk = fit(y, p, ThresholdSettings("per_class", shrink=0.5))
+    assert shrunk[0] == pytest.approx(t_global)  # no positives: all weight on the global value
+
+
+def test_f1_curve_edges():
+    y, s = np.array([1, 0, 1]), np.array([0.2, 0.5, 0.8])
+    # At a threshold equal to a score that score is not predicted (s > t); above everything F1 is 0.
+    assert f1_curve(y, s, np.array([0.5, 0.8, 1.0, 0.1])).tolist() == pytest.approx([2 / 3, 0.0, 0.0, 0.8])
+    assert f1_curve(np.zeros(3, int), s, np.array([0.9])).tolist() == [0.0]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from conftest import DATA, SHARED, TINY, copy_workflow, needs_shared, run_snakemake, write_config
+from conftest import DATA, SHARED, TINY, copy_workflow, needs_shared, plan, run_snakemake, write_config
 from hpaflow.labels import encode, parse_target
 from hpaflow.shards import read_shard
 
@@ -84,10 +84,6 @@ def test_folds_cover_every_train_id_once(demo_run):
 def test_rerun_has_nothing_to_do(demo_run):
     out = run_snakemake(demo_run, "preprocess", "folds", "-n")
     assert "Nothing to be done" in out.stdout + out.stderr
-
-
-def plan(proc) -> dict[str, str]:
-    return dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
 
 
 def test_without_a_test_dataset_the_default_target_skips_the_submission(demo_run, tmp_path):

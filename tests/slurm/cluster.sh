@@ -33,6 +33,17 @@ gpu_devices() {
     done
 }
 
+# replace_if_changed NEW DEST WHAT: move NEW onto DEST when they differ (exit 0), else drop NEW (exit 1).
+replace_if_changed() {
+    if cmp -s "$1" "$2"; then
+        rm -f "$1"
+        return 1
+    fi
+    mv "$1" "$2"
+    chmod 644 "$2"
+    echo "wrote $2 ($3)"
+}
+
 write_conf() {
     local host cpus mem tmp gres_tmp changed=1
     host=$(hostname -s)
@@ -74,20 +85,8 @@ PartitionName=gpu Nodes=${host} MaxTime=INFINITE State=UP
 CONF
     gres_tmp=$(mktemp)
     echo "NodeName=${host} Name=gpu File=/dev/nvidia[0-$((GPUS - 1))]" >"$gres_tmp"
-    if ! cmp -s "$gres_tmp" "$GRES_CONF"; then
-        mv "$gres_tmp" "$GRES_CONF"
-        chmod 644 "$GRES_CONF"
-        echo "wrote $GRES_CONF ($GPUS GPUs)"
-        changed=0
-    fi
-    rm -f "$gres_tmp"
-    if ! cmp -s "$tmp" "$CONF"; then
-        mv "$tmp" "$CONF"
-        chmod 644 "$CONF"
-        echo "wrote $CONF (node $host, $cpus CPUs, $mem MB, $GPUS GPUs)"
-        changed=0
-    fi
-    rm -f "$tmp"
+    replace_if_changed "$gres_tmp" "$GRES_CONF" "$GPUS GPUs" && changed=0
+    replace_if_changed "$tmp" "$CONF" "node $host, $cpus CPUs, $mem MB, $GPUS GPUs" && changed=0
     return $changed
 }
 
