@@ -74,6 +74,7 @@ LAZY_IMPORTS = {"hpaflow.models": ["torchvision", "pretrainedmodels"]}  # import
 # Modules that packages import only where installed (try/except ImportError): found in a closure
 # because the test venv has them, needed only where a script says so below.
 OPTIONAL = {"charset_normalizer": "numpy.f2py", "psutil": "joblib's loky backend",
+            "rich": "scikit-learn's progress bar callback",
             "imagecodecs": "tifffile, to decode compressed (LZW, deflate, ...) TIFFs"}
 # Optional modules a script's work does need: only the shard job decodes TIFFs.
 SCRIPT_NEEDS = {"workflow_scripts/shard.py": ["imagecodecs"]}

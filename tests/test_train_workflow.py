@@ -93,8 +93,9 @@ def prepared(path):
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     killed = prepared(tmp_path / "killed")
     run_dir = killed / "results/models/m/fold0"
-    # Snakemake and its job killed from outside once an epoch's checkpoint is there (a preempted node).
-    kill_snakemake_when(killed, [TARGET], lambda: (run_dir / "checkpoints/last.pt").exists())
+    # Snakemake and its job killed from outside once an epoch is done (a preempted node): metrics.csv, an
+    # output, is written right after the epoch's checkpoint, so the job has begun writing its outputs.
+    kill_snakemake_when(killed, [TARGET], lambda: (run_dir / "metrics.csv").exists())
     assert not (run_dir / "best.pt").exists()
 
     # What Snakemake then asks for, and the README says: --rerun-incomplete, and --unlock for its lock.
