@@ -34,15 +34,21 @@ def model(y, folds, noise, seed):
     return Predictions(ids, p, y, folds, np.array(["t0", "t1"]), p[:2])
 
 
-def test_gather_with_fitted_weights(tmp_path):
+def fitted_gather(tmp_path):
     rng = np.random.default_rng(0)
     y = (rng.random((300, 28)) < 0.1).astype(np.uint8)
     folds = np.arange(300) % 3
-    files = {}
+    files, preds = {}, {}
     for name, noise, seed in [("good", 0.5, 1), ("noise", 1.0, 2)]:
         files[name] = str(tmp_path / f"{name}.h5")
-        save_predictions(model(y, folds, noise, seed), files[name])
+        preds[name] = model(y, folds, noise, seed)
+        save_predictions(preds[name], files[name])
     m = gather(files, SETTINGS, str(tmp_path / "ens.h5"), str(tmp_path / "m.json"), str(tmp_path / "t.csv"))
+    return m, preds, y, folds
+
+
+def test_gather_with_fitted_weights(tmp_path):
+    m, _, y, _ = fitted_gather(tmp_path)
     assert m["ensemble"]["weights"]["good"] > m["ensemble"]["weights"]["noise"]
     assert m["models"]["good"]["f1_cross_fitted"] > m["models"]["noise"]["f1_cross_fitted"]
     assert "f1_cross_fitted_with_weights" in m["ensemble"]
@@ -57,19 +63,6 @@ def test_prior_baseline_known_values():
     # precision q, recall p: F1 = 2pq / (p + q); a class absent from both scores 0.
     assert np.isclose(prior_baseline_f1(np.array([0.5, 0.0]), np.array([0.25, 0.0])), (2 * 0.5 * 0.25 / 0.75) / 2)
     assert np.isclose(prior_baseline_f1(np.array([0.1, 0.3]), np.array([0.1, 0.3])), 0.2)
-
-
-def fitted_gather(tmp_path):
-    rng = np.random.default_rng(0)
-    y = (rng.random((300, 28)) < 0.1).astype(np.uint8)
-    folds = np.arange(300) % 3
-    files, preds = {}, {}
-    for name, noise, seed in [("good", 0.5, 1), ("noise", 1.0, 2)]:
-        files[name] = str(tmp_path / f"{name}.h5")
-        preds[name] = model(y, folds, noise, seed)
-        save_predictions(preds[name], files[name])
-    m = gather(files, SETTINGS, str(tmp_path / "ens.h5"), str(tmp_path / "m.json"), str(tmp_path / "t.csv"))
-    return m, preds, y, folds
 
 
 def test_fitted_weights_make_the_test_probabilities(tmp_path):
