@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE = REPO / "results" / "mutation"
+STAGE = REPO / "results" / "mutation"  # --stage changes it (one folder per concurrent run)
 MODULES = ["metrics", "thresholds", "ensemble", "submission", "summary", "predict", "folds"]
 TESTS = ["test_metrics.py", "test_thresholds.py", "test_ensemble_submission.py", "test_summary.py",
          "test_predict.py", "test_folds.py"]
@@ -109,7 +109,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modules", nargs="+", default=MODULES, choices=MODULES)
     ap.add_argument("--out", default=str(REPO / "results" / "mutation.json"))
+    ap.add_argument("--stage", default=str(STAGE), help="folder to stage and run in")
     args = ap.parse_args()
+    global STAGE
+    STAGE = Path(args.stage).resolve()
     stage(args.modules)
     t0 = time.monotonic()
     proc = subprocess.run([str(Path(sys.executable).parent / "mutmut"), "run"], cwd=STAGE, capture_output=True,
