@@ -5,7 +5,7 @@ VENV := .venv
 CORES ?= $(shell nproc)
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: demo test test-quick lint mutation venv clean
+.PHONY: demo test test-quick lint mutation config-readme venv clean
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,9 @@ mutation: venv  # mutation testing of the modules whose maths decides the result
 lint: venv
 	$(SNAKEMAKE) --lint
 	$(VENV)/bin/ruff check .
+
+config-readme: venv  # config/README.md from the schema (tests/test_config.py checks they agree)
+	cd workflow_scripts && ../$(VENV)/bin/python -m hpaflow.config ../config/schemas/config.schema.yaml > ../config/README.md
 
 clean:
 	rm -rf results logs .snakemake

@@ -15,7 +15,7 @@ include: "rules/demo.smk"
 include: "rules/preprocess.smk"
 include: "rules/folds.smk"
 include: "rules/train.smk"
-include: "rules/gather.smk"
+include: "rules/ensemble.smk"
 
 
 rule all:

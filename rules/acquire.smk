@@ -11,10 +11,9 @@ rule download_kaggle:
         competition=DOWNLOAD["kaggle_competition"],
     log:
         "logs/download_kaggle.log",
-    threads: 1
+    threads: job_threads("download_kaggle")
     resources:
-        mem_mb=2000,
-        runtime=600,
+        **job_resources("download_kaggle"),
     conda:
         "../envs/download.yaml"
     script:
@@ -34,10 +33,9 @@ rule download_hpav18_part:
         settings=DOWNLOAD,
     log:
         "logs/download_hpav18/part{part}.log",
-    threads: 1
+    threads: job_threads("download_hpav18_part")
     resources:
-        mem_mb=2000,
-        runtime=1440,
+        **job_resources("download_hpav18_part"),
     conda:
         "../envs/download.yaml"
     script:

@@ -94,5 +94,10 @@ def model_settings(wildcards):
     return m
 
 
-def rule_resources(family, key, default):
-    return config["resources"].get(family, {}).get(key, default)
+def job_threads(rule):
+    return config["resources"][rule]["threads"]
+
+
+def job_resources(rule):
+    # Sizes live in the config (schema defaults = full scale); the SLURM profile only places jobs.
+    return {k: v for k, v in config["resources"][rule].items() if k != "threads"}

@@ -19,10 +19,9 @@ rule demo_data:
         spec=config["demo"],
     log:
         "logs/demo_data.log",
-    threads: 1
+    threads: job_threads("demo_data")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **job_resources("demo_data"),
     conda:
         "../envs/data.yaml"
     script:

@@ -10,10 +10,9 @@ rule folds:
         seed=config["seed"],
     log:
         "logs/folds.log",
-    threads: 1
+    threads: job_threads("folds")
     resources:
-        mem_mb=2000,
-        runtime=15,
+        **job_resources("folds"),
     conda:
         "../envs/data.yaml"
     script:

@@ -14,10 +14,9 @@ rule shard:
         compression=config["hdf5_compression"],
     log:
         "logs/shard/{dataset}/{index}.log",
-    threads: 1
+    threads: job_threads("shard")
     resources:
-        mem_mb=rule_resources("preprocess", "mem_mb", 2000),
-        runtime=rule_resources("preprocess", "runtime", 60),
+        **job_resources("shard"),
     conda:
         "../envs/data.yaml"
     script:

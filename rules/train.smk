@@ -20,11 +20,9 @@ rule train:
         "logs/train/{model}/fold{fold}.log",
     benchmark:
         "results/benchmarks/train/{model}/fold{fold}.tsv"
-    threads: rule_resources("train", "cpus", 4)
+    threads: job_threads("train")
     resources:
-        gpu=rule_resources("train", "gpu", 1),
-        mem_mb=rule_resources("train", "mem_mb", 32000),
-        runtime=rule_resources("train", "runtime", 720),
+        **job_resources("train"),
     conda:
         "../envs/torch.yaml"
     script:
@@ -47,11 +45,9 @@ rule predict:
         "logs/predict/{model}/fold{fold}.log",
     benchmark:
         "results/benchmarks/predict/{model}/fold{fold}.tsv"
-    threads: rule_resources("predict", "cpus", 4)
+    threads: job_threads("predict")
     resources:
-        gpu=rule_resources("predict", "gpu", 1),
-        mem_mb=rule_resources("predict", "mem_mb", 16000),
-        runtime=rule_resources("predict", "runtime", 120),
+        **job_resources("predict"),
     conda:
         "../envs/torch.yaml"
     script:

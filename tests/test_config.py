@@ -32,6 +32,29 @@ def test_defaults_are_filled():
     assert all(d["bits"] == 16 for d in cfg["datasets"]) and cfg["models"][0]["epochs"] == 10
 
 
+def test_partly_given_resources_keep_the_other_defaults():
+    cfg = validate_config({**copy.deepcopy(DEMO), "resources": {"train": {"mem_mb": 96000}}}, SCHEMA)
+    assert cfg["resources"]["train"] == {"mem_mb": 96000, "threads": 8, "gpu": 1, "runtime": 1440}
+    assert cfg["resources"]["shard"] == {"threads": 1, "mem_mb": 4000, "runtime": 120}
+    with pytest.raises(ConfigError, match=r"resources\.train\.cpus: unknown key \(allowed: gpu, mem_mb, runtime, threads\)"):
+        validate_config({**copy.deepcopy(DEMO), "resources": {"train": {"cpus": 2}}}, SCHEMA)
+
+
+def test_every_rule_has_its_resources_in_the_schema():
+    rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M))
+    sized = set(re.findall(r'job_threads\("(\w+)"\)', "".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))))
+    schema = set(yaml.safe_load(SCHEMA.read_text())["properties"]["resources"]["properties"])
+    assert sized == schema  # every sized rule has a schema entry and the other way round
+    assert rules - sized == {"download_hpav18", "download", "preprocess"}  # these run no job of their own
+
+
+def test_config_readme_is_generated_from_the_schema():
+    from hpaflow.config import schema_reference
+
+    assert (REPO / "config" / "README.md").read_text() == schema_reference(yaml.safe_load(SCHEMA.read_text())), (
+        "config/README.md is out of date: run `make config-readme`")
+
+
 def edited(**changes):
     cfg = copy.deepcopy(DEMO)
     for path, value in changes.items():

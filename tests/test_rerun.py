@@ -17,7 +17,7 @@ from hpaflow.predict import LeakError, run_predict
 NO_TEST = {**TINY, "datasets": [d for d in TINY["datasets"] if d["role"] == "train"],
            "models": [{"name": "m", "backbone": "resnet18", "pretrained": False, "epochs": 2, "batch_size": 8}],
            "predict": {"tta_views": [0, 5]},
-           "resources": {"train": {"cpus": 1, "gpu": 0}, "predict": {"cpus": 1, "gpu": 0}}}
+           "resources": {"train": {"threads": 1, "gpu": 0}, "predict": {"threads": 1, "gpu": 0}}}
 FOLD0 = "results/models/m/fold0"
 
 

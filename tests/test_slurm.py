@@ -39,8 +39,12 @@ def test_profile(tmp_path) -> list[str]:
     production = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     profile = merged(production, yaml.safe_load((REPO / "tests/slurm/profile/config.yaml").read_text()))
     for rule in ("train", "predict"):  # the production GPU lines reach sbatch unchanged
-        for key in ("gpu", "slurm_partition"):
-            assert profile["set-resources"][rule][key] == production["set-resources"][rule][key]
+        assert profile["set-resources"][rule]["slurm_partition"] == production["set-resources"][rule]["slurm_partition"]
+    # Job sizes live in the workflow config only (resources.<rule>); profiles place jobs.
+    sizes = {"threads", "cpus_per_task", "mem_mb", "mem_mb_per_cpu", "runtime", "gpu"}
+    assert "set-threads" not in profile
+    for values in [profile["default-resources"], *profile["set-resources"].values()]:
+        assert not sizes & set(values), values
     (tmp_path / "profile").mkdir()
     (tmp_path / "profile/config.yaml").write_text(yaml.safe_dump(profile))
     return ["--profile", str(tmp_path / "profile")]
@@ -82,7 +86,11 @@ def test_dry_run_with_the_users_profile(workflow_dir):
                    cwd=workflow_dir, check=True, capture_output=True, text=True, timeout=120)
 
 
-SLURM_CONFIG = {**TINY, "resources": {}, "models": [
+# Job sizes for the 2-CPU test node; GPU rules keep gpu: 1 from the schema's defaults.
+SMALL = {"threads": 1, "mem_mb": 1000, "runtime": 30}
+SLURM_CONFIG = {**TINY, "resources": {rule: SMALL for rule in ("demo_data", "shard", "folds", "model_summary", "ensemble",
+                                                              "submission", "plots")}
+                | {"train": {**SMALL, "mem_mb": 3000}, "predict": {**SMALL, "mem_mb": 3000}}, "models": [
     {"name": "m", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False, "epochs": 12, "batch_size": 8}]}
 
 

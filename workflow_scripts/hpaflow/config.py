@@ -6,6 +6,7 @@ Every error names the config key (e.g. `datasets[1].labels`) and what is wrong.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -27,15 +28,19 @@ def _strict_integer(checker, instance) -> bool:
 
 
 def _with_defaults(cls):
-    """A validator class that also fills in each property's `default` (like snakemake's validate),
-    and whose `integer` is a Python int only."""
+    """A validator class that also fills in each property's `default` (like snakemake's validate; a
+    mapping default also fills the keys a partly given mapping lacks), and whose `integer` is a Python
+    int only."""
     check_properties = cls.VALIDATORS["properties"]
 
     def properties(validator, props, instance, schema):
         if isinstance(instance, dict):
             for name, sub in props.items():
                 if "default" in sub:
-                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+                    given = instance.setdefault(name, copy.deepcopy(sub["default"]))
+                    if isinstance(given, dict) and isinstance(sub["default"], dict):
+                        for key, value in sub["default"].items():  # a partly given mapping keeps the rest
+                            given.setdefault(key, copy.deepcopy(value))
         yield from check_properties(validator, props, instance, schema)
 
     return jsonschema.validators.extend(cls, {"properties": properties},
@@ -133,3 +138,66 @@ def read_dataset(config: dict, i: int) -> LabelTable:
         return read_labels(str(path), d["role"] == "train")
     except LabelError as e:
         raise ConfigError(f"datasets[{i}] ({d['name']!r}): {e}") from None
+
+
+def _type_of(node: dict) -> str:
+    if "enum" in node:
+        return " \\| ".join("null" if v is None else str(v) for v in node["enum"])
+    t = node.get("type", "object" if "properties" in node else "")
+    types = t if isinstance(t, list) else [t]
+    if "array" in types and "items" in node:
+        return f"list of {_type_of(node['items'])}"
+    return " or ".join(types)
+
+
+def _bounds(node: dict) -> str:
+    parts = [f"{word} {node[key]}" for key, word in (("minimum", ">="), ("exclusiveMinimum", ">"),
+                                                     ("maximum", "<="), ("minItems", "items >="))
+             if key in node]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _rows(node: dict, prefix: str, required: set[str], root: dict):
+    for name, sub in node.get("properties", {}).items():
+        key = f"{prefix}{name}"
+        if "$ref" in sub:  # a shared shape (#/$defs/name), listed once after the table; its default here
+            ref = sub["$ref"].rsplit("/", 1)[-1]
+            yield key, f"[{ref}](#{ref})", f"`{json.dumps(sub.get('default'))}`", sub.get("description", "")
+            continue
+        if "default" in sub and (not isinstance(sub["default"], dict) or sub["default"]):
+            default = f"`{json.dumps(sub['default'])}`"
+        elif name in required:
+            default = "required"
+        else:
+            default = ""
+        desc = " ".join(sub.get("description", "").split())
+        yield key, _type_of(sub) + _bounds(sub), default, desc
+        if "properties" in sub:
+            yield from _rows(sub, key + ".", set(sub.get("required", [])), root)
+        items = sub.get("items", {})
+        if "properties" in items:
+            yield from _rows(items, key + "[].", set(items.get("required", [])), root)
+
+
+def schema_reference(schema: dict) -> str:
+    """config/README.md: every key of the schema with its type, default and meaning (generated)."""
+    lines = ["# Configuration keys", "",
+             "Generated from `config/schemas/config.schema.yaml` by `make config-readme`; a test fails when",
+             "this file and the schema differ. " + " ".join(schema.get("description", "").split()), "",
+             "| key | type | default | meaning |", "|---|---|---|---|"]
+    table = [(schema, "", set(schema.get("required", [])))]
+    for name, shape in schema.get("$defs", {}).items():
+        table.append((shape, f"<{name}>.", set(shape.get("required", []))))
+    for node, prefix, required in table:
+        if prefix:
+            lines += ["", f"### {prefix[1:-2]}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, typ, default, desc in _rows(node, prefix, required, schema):
+            cells = [f"`{key}`", typ, default, desc.replace("|", "\\|")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m hpaflow.config SCHEMA > config/README.md
+    import sys
+
+    sys.stdout.write(schema_reference(yaml.safe_load(Path(sys.argv[1]).read_text())))

@@ -7,12 +7,11 @@ rule model_summary:
         "results/summary/{model}.h5",
     log:
         "logs/model_summary/{model}.log",
-    threads: 1
+    threads: job_threads("model_summary")
     resources:
-        mem_mb=4000,
-        runtime=20,
+        **job_resources("model_summary"),
     conda:
-        "../envs/gather.yaml"
+        "../envs/ensemble.yaml"
     script:
         "../workflow_scripts/model_summary.py"
 
@@ -31,12 +30,11 @@ rule ensemble:
         ensemble=config["ensemble"],
     log:
         "logs/ensemble.log",
-    threads: 1
+    threads: job_threads("ensemble")
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("ensemble"),
     conda:
-        "../envs/gather.yaml"
+        "../envs/ensemble.yaml"
     script:
         "../workflow_scripts/ensemble.py"
 
@@ -52,12 +50,11 @@ rule submission:
         at_least_one=config["thresholds"]["at_least_one"],
     log:
         "logs/submission.log",
-    threads: 1
+    threads: job_threads("submission")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("submission"),
     conda:
-        "../envs/gather.yaml"
+        "../envs/ensemble.yaml"
     script:
         "../workflow_scripts/submission.py"
 
@@ -80,11 +77,10 @@ rule plots:
         folds=FOLDS,
     log:
         "logs/plots.log",
-    threads: 1
+    threads: job_threads("plots")
     resources:
-        mem_mb=4000,
-        runtime=20,
+        **job_resources("plots"),
     conda:
-        "../envs/gather.yaml"
+        "../envs/ensemble.yaml"
     script:
         "../workflow_scripts/plots.py"
