@@ -36,7 +36,8 @@ def test_partly_given_resources_keep_the_other_defaults():
     cfg = validate_config({**copy.deepcopy(DEMO), "resources": {"train": {"mem_mb": 96000}}}, SCHEMA)
     assert cfg["resources"]["train"] == {"mem_mb": 96000, "threads": 8, "gpu": 1, "runtime": 1440}
     assert cfg["resources"]["shard"] == {"threads": 1, "mem_mb": 4000, "runtime": 120}
-    with pytest.raises(ConfigError, match=r"resources\.train\.cpus: unknown key \(allowed: gpu, mem_mb, runtime, threads\)"):
+    unknown = r"resources\.train\.cpus: unknown key \(allowed: gpu, mem_mb, runtime, threads\)"
+    with pytest.raises(ConfigError, match=unknown):
         validate_config({**copy.deepcopy(DEMO), "resources": {"train": {"cpus": 2}}}, SCHEMA)
 
 
