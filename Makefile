@@ -9,9 +9,10 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
+	$(VENV)/bin/python -m pip install -q --no-deps -e .  # hpaflow, as tests and benchmarks import it
 	$(VENV)/bin/python -c "import torch, torchvision, snakemake, h5py, cv2, iterstrat, imagecodecs"
 	touch $@
 
@@ -19,8 +20,7 @@ demo: venv
 	$(SNAKEMAKE) demo_data --cores $(CORES)
 	$(SNAKEMAKE) --cores $(CORES)
 	$(SNAKEMAKE) --report results/report.html
-	@$(VENV)/bin/python -c "import sys; sys.path.insert(0, 'workflow_scripts'); \
-		from hpaflow.summary import headline; print(headline('results/metrics.json'))"
+	@$(VENV)/bin/python -c "from hpaflow.summary import headline; print(headline('results/metrics.json'))"
 
 test: venv
 	$(VENV)/bin/python -m pytest -q tests

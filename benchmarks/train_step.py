@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,15 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
-
-from hpaflow.augment import prepare_batch  # noqa: E402
-from hpaflow.data import ShardDataset, ShardRows  # noqa: E402
-from hpaflow.losses import LOSSES  # noqa: E402
-from hpaflow.models import build_model  # noqa: E402
-from hpaflow.runtime import autocast_dtype, pick_device  # noqa: E402
-from hpaflow.train import train_step  # noqa: E402
-from hpaflow.transforms import CHANNELS  # noqa: E402
+from hpaflow.augment import prepare_batch
+from hpaflow.data import ShardDataset, ShardRows
+from hpaflow.losses import LOSSES
+from hpaflow.models import build_model
+from hpaflow.runtime import autocast_dtype, pick_device
+from hpaflow.train import train_step
+from hpaflow.transforms import CHANNELS
 
 
 def make_shard(path: Path, n: int, size: int) -> None:

@@ -1,6 +1,8 @@
+import os
 import re
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
 

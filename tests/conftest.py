@@ -1,4 +1,4 @@
-"""Shared fixtures: the package on sys.path, the repo, a copy of the workflow to run in a temp dir."""
+"""Shared fixtures: the repo, a copy of the workflow to run in a temp dir (hpaflow is installed in .venv)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = REPO.parent / "shared" / "data"
-sys.path.insert(0, str(REPO / "workflow_scripts"))
 
 # The shipped demo config, shrunk: same datasets, tiny images and shards.
 TINY = {

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from hpaflow.files import atomic_path
 
 
@@ -42,7 +41,7 @@ def test_mode_follows_the_umask_like_a_plain_write(tmp_path: Path, umask, mode):
 def test_temporary_of_a_killed_writer_is_removed_by_the_next_write(tmp_path: Path):
     target = tmp_path / "0.h5"
     # A real SIGKILL inside the block: the temporary file stays behind, as it would after a node failure.
-    code = (f"import os, sys; sys.path.insert(0, {str(REPO / 'workflow_scripts')!r})\n"
+    code = ("import os\n"
             "from hpaflow.files import atomic_path\n"
             f"with atomic_path({str(target)!r}) as tmp:\n"
             "    tmp.write_bytes(b'x' * 1000)\n"
