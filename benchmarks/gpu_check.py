@@ -83,8 +83,10 @@ def train_and_compare(tmp: Path, device: str, n: int, size: int, epochs: int, ba
                       views: list[int]) -> dict:
     """(a) and (b): train on `device`, predict there and on the CPU in fp32, compare."""
     shards, folds = demo_shards(tmp, n, size)
-    cfg = TrainConfig(name="check", backbone="resnet18", fold=1, image_size=size, pretrained=False, epochs=epochs,
-                      batch_size=batch, lr=2e-3, device=device, threads=threads)
+    cfg = TrainConfig(name="check", backbone="resnet18", fold=1, image_size=size, color_mode="gyb", pretrained=False,
+                      pretrained_dir="pretrained", epochs=epochs, batch_size=batch, lr=2e-3, weight_decay=1e-4,
+                      optimizer="adamw", scheduler="cosine", loss="bce", sampler="uniform", augment=True, seed=0,
+                      device=device, threads=threads, visdom={})
     t0 = time.perf_counter()
     result = train(cfg, shards, folds, tmp / "model")
     train_s = time.perf_counter() - t0

@@ -29,8 +29,7 @@ rule download_hpav18_part:
     params:
         out_dir=f"{config['data_root']}/{DOWNLOAD['hpav18_dir']}",
         parts=len(HPAV18_PARTS),
-        base_url=config["hpav18_base_url"],
-        settings=DOWNLOAD,
+        config=config_keys("hpav18_base_url", "download"),
     log:
         "logs/download_hpav18/part{part}.log",
     threads: job_threads("download_hpav18_part")

@@ -96,6 +96,12 @@ def model_settings(wildcards):
     return m
 
 
+def config_keys(*keys):
+    """The part of the config a rule's settings are built from (hpaflow's from_config): a job reruns
+    when one of these keys changes, not when any key does."""
+    return {k: config[k] for k in keys}
+
+
 def job_threads(rule):
     return config["resources"][rule]["threads"]
 

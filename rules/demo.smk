@@ -16,7 +16,7 @@ rule demo_data:
         ),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
-        spec=config["demo"],
+        config=config_keys("demo"),
     log:
         "logs/demo_data.log",
     threads: job_threads("demo_data")

@@ -72,6 +72,7 @@ rule plots:
         thresholds=report("results/plots/threshold_curves.png", caption="report/thresholds.rst", category="Scores"),
         frequency=report("results/plots/label_frequency.png", caption="report/frequency.rst", category="Scores"),
         images=report("results/plots/image_grid.png", caption="report/images.rst", category="Images"),
+        headline="results/plots/headline.rst",  # included by the report's front page (report/workflow.rst)
     params:
         models=MODELS,
         folds=FOLDS,

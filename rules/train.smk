@@ -12,10 +12,7 @@ rule train:
         metrics="results/models/{model}/fold{fold}/metrics.csv",
     params:
         model=model_settings,
-        seed=config["seed"],
-        device=config["device"],
-        pretrained_dir=config["pretrained_dir"],
-        visdom=config.get("visdom", {}),
+        config=config_keys("seed", "device", "pretrained_dir", "visdom"),
     log:
         "logs/train/{model}/fold{fold}.log",
     benchmark:

@@ -49,6 +49,32 @@ def test_every_rule_has_its_resources_in_the_schema():
     assert rules - sized == {"download_hpav18", "download", "preprocess"}  # these run no job of their own
 
 
+def schema_defaults(node: dict) -> dict:
+    return {k: v["default"] for k, v in node["properties"].items() if "default" in v}
+
+
+def test_every_schema_default_reaches_the_stage():
+    from hpaflow.demo import DemoSpec
+    from hpaflow.download import FetchSettings
+    from hpaflow.train import TrainConfig
+
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]
+    minimal = {"data_root": "x", "datasets": DEMO["datasets"], "models": [{"name": "m", "backbone": "resnet18"}]}
+    cfg = validate_config(minimal, SCHEMA)
+    train = TrainConfig.from_config(cfg, {**cfg["models"][0], "image_size": 77}, fold=1, threads=3)
+    expected = {**schema_defaults(schema["models"]["items"]), "seed": schema["seed"]["default"],
+                "device": schema["device"]["default"], "pretrained_dir": schema["pretrained_dir"]["default"],
+                "visdom": schema_defaults(schema["visdom"])}
+    assert {k: getattr(train, k) for k in expected} == expected
+    assert (train.name, train.backbone, train.image_size, train.fold, train.threads) == ("m", "resnet18", 77, 1, 3)
+    demo = DemoSpec.from_config(cfg)
+    assert vars(demo) == {k: v for k, v in schema_defaults(schema["demo"]).items() if k != "dir"}
+    fetch = FetchSettings.from_config(cfg)
+    download = schema_defaults(schema["download"])
+    assert vars(fetch) == {"base_url": schema["hpav18_base_url"]["default"],
+                           **{k: download[k] for k in ("concurrency", "retries", "backoff_s", "timeout_s", "resize")}}
+
+
 def test_config_readme_is_generated_from_the_schema():
     from hpaflow.config import schema_reference
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -180,3 +181,9 @@ def test_report(e2e):
     run_snakemake(e2e, "--report", "results/report.html")
     html = (e2e / "results/report.html").read_text()
     assert "training_curves.png" in html and "image_grid.png" in html
+    # The front page holds the headline table, with the figures of metrics.json.
+    metrics = json.loads((e2e / "results/metrics.json").read_text())
+    assert "Out-of-fold macro F1 (cross-fitted" in html and "prior-only baseline" in html
+    for block in [*metrics["models"].values(), metrics["ensemble"]]:
+        assert f"{block['thresholds']['per_class']['f1_cross_fitted']:.4f}" in html
+    assert f"{metrics['prior_baseline']['f1']:.4f}" in html

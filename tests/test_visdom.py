@@ -45,7 +45,7 @@ def test_server_down_warns_once(caplog):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    plot = VisdomPlot({"server": "http://127.0.0.1", "port": port}, "w", logging.getLogger("test"))
+    plot = VisdomPlot({"server": "http://127.0.0.1", "port": port, "env": "t"}, "w", logging.getLogger("test"))
     with caplog.at_level(logging.WARNING):
         plot.update(HISTORY)
         plot.update(HISTORY)

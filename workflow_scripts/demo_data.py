@@ -2,6 +2,6 @@ from hpaflow.demo import DemoSpec, make_demo
 from hpaflow.runlog import logged
 
 with logged(snakemake.log[0]) as log:
-    spec = DemoSpec(**{k: v for k, v in snakemake.params.spec.items() if k != "dir"})
+    spec = DemoSpec.from_config(snakemake.params.config)
     log.info("demo set %s into %s", spec, snakemake.params.out_dir)
     make_demo(snakemake.params.out_dir, spec)

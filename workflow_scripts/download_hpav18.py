@@ -3,11 +3,12 @@ from hpaflow.labels import read_labels
 from hpaflow.runlog import logged
 
 with logged(snakemake.log[0]) as log:
-    p, s = snakemake.params, snakemake.params.settings
+    p = snakemake.params
     ids = read_labels(snakemake.input[0], True).ids
     part = int(snakemake.wildcards.part)
     mine = list(ids[part_rows(len(ids), part, p.parts)])
-    log.info("HPAv18 part %d of %d: %d Ids (%d files) from %s", part, p.parts, len(mine), 4 * len(mine), p.base_url)
-    settings = FetchSettings(p.base_url, s["concurrency"], s["retries"], s["backoff_s"], s["timeout_s"], s["resize"])
+    settings = FetchSettings.from_config(p.config)
+    log.info("HPAv18 part %d of %d: %d Ids (%d files) from %s", part, p.parts, len(mine), 4 * len(mine),
+             settings.base_url)
     counts = download_hpav18(mine, p.out_dir, settings, snakemake.output[0])
     log.info("done: %s", counts)

@@ -537,15 +537,21 @@ def write_hpav18_jpeg(out_dir: Path, image_id: str, rgby: np.ndarray, quality: i
 
 @dataclass(frozen=True)
 class DemoSpec:
-    seed: int = 0
-    n_train: int = 320
-    n_test: int = 96
-    n_tiff: int = 32
-    n_jpg: int = 32
-    size: int = 128
-    tiff_size: int = 256
-    jpg_size: int = 192
-    prior_power: float = 1.0
+    """Sizes and seed of the demo set; defaults live in the config schema only (from_config)."""
+
+    seed: int
+    n_train: int
+    n_test: int
+    n_tiff: int
+    n_jpg: int
+    size: int
+    tiff_size: int
+    jpg_size: int
+    prior_power: float
+
+    @classmethod
+    def from_config(cls, config: dict) -> DemoSpec:
+        return cls(**{k: v for k, v in config["demo"].items() if k != "dir"})
 
 
 # split name -> (sub-directory, id maker, writer, side attribute, count attribute)

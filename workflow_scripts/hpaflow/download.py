@@ -37,12 +37,20 @@ class DownloadError(RuntimeError):
 
 @dataclass(frozen=True)
 class FetchSettings:
+    """How HPAv18 images are fetched; defaults live in the config schema only (from_config)."""
+
     base_url: str
-    concurrency: int = 8  # requests in flight at once
-    retries: int = 4  # further attempts after a failed one (not after a 404)
-    backoff_s: float = 1.0  # first wait; doubles per attempt, at most 60 s
-    timeout_s: float = 60.0
-    resize: int | None = None  # store at this side instead of the original (saves disk)
+    concurrency: int  # requests in flight at once
+    retries: int  # further attempts after a failed one (not after a 404)
+    backoff_s: float  # first wait; doubles per attempt, at most 60 s
+    timeout_s: float
+    resize: int | None  # store at this side instead of the original (saves disk)
+
+    @classmethod
+    def from_config(cls, config: dict) -> FetchSettings:
+        d = config["download"]
+        return cls(config["hpav18_base_url"], d["concurrency"], d["retries"], d["backoff_s"], d["timeout_s"],
+                   d["resize"])
 
 
 def hpav18_url(base_url: str, image_id: str, color: str) -> str:

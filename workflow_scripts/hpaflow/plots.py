@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .files import atomic_path  # noqa: E402
 from .labels import CLASS_NAMES  # noqa: E402
 from .summary import load_predictions  # noqa: E402
 from .thresholds import f1_curve  # noqa: E402
@@ -122,8 +123,29 @@ def image_grid(ensemble_h5: str | Path, shard_files: list[str], path: str | Path
     _save(fig, path)
 
 
+def headline_table(metrics: dict) -> str:
+    """The report's front-page table (reStructuredText): per model and the ensemble, out-of-fold macro F1
+    at 0.5 and per threshold method cross-fitted / in-sample, then the prior-only baseline."""
+    methods = list(metrics["ensemble"]["thresholds"])
+    header = ["", "F1 at 0.5"] + [f"{m} {kind}" for m in methods for kind in ("cross-fitted", "in-sample")]
+    rows = []
+    for name, figures in [*metrics["models"].items(), ("ensemble", metrics["ensemble"])]:
+        th = figures["thresholds"]
+        rows.append([name, figures["f1_at_0.5"]]
+                    + [th[m][k] for m in methods for k in ("f1_cross_fitted", "f1_in_sample")])
+    rows.append(["prior-only baseline", metrics["prior_baseline"]["f1"]] + [""] * (len(header) - 2))
+    lines = [".. list-table:: Out-of-fold macro F1 (cross-fitted: each fold scored with thresholds fitted "
+             "on the other folds)", "   :header-rows: 1", ""]
+    for row in [header, *rows]:
+        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
+        lines += [f"   * - {cells[0] or ' '}"] + [f"     - {c or ' '}" for c in cells[1:]]
+    return "\n".join(lines) + "\n"
+
+
 def all_figures(metrics_json: str, ensemble_h5: str, metrics_csvs: dict, shard_files: list[str], out: dict) -> None:
     metrics = json.loads(Path(metrics_json).read_text())
+    with atomic_path(out["headline"]) as tmp:
+        tmp.write_text(headline_table(metrics))
     training_curves(metrics_csvs, out["curves"])
     per_class_f1(metrics, out["per_class"])
     threshold_curves(ensemble_h5, out["thresholds"])

@@ -17,7 +17,7 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,26 +44,35 @@ log = logging.getLogger("hpaflow")
 
 @dataclass
 class TrainConfig:
+    """One train job's settings; defaults live in the config schema only (from_config)."""
+
     name: str
     backbone: str
     fold: int
     image_size: int
-    color_mode: str = "gyb"
-    pretrained: bool = True
-    pretrained_dir: str = "pretrained"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    scheduler: str = "cosine"
-    loss: str = "bce"
-    sampler: str = "uniform"
-    augment: bool = True
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 1
-    visdom: dict = field(default_factory=dict)
+    color_mode: str
+    pretrained: bool
+    pretrained_dir: str
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    optimizer: str
+    scheduler: str
+    loss: str
+    sampler: str
+    augment: bool
+    seed: int
+    device: str
+    threads: int
+    visdom: dict
+
+    @classmethod
+    def from_config(cls, config: dict, model: dict, fold: int, threads: int) -> TrainConfig:
+        """`config`: the validated config (at least seed, device, pretrained_dir, visdom); `model`: its
+        entry in `models` with image_size resolved (rules/common.smk: model_settings)."""
+        return cls(fold=fold, threads=threads, seed=config["seed"], device=config["device"],
+                   pretrained_dir=config["pretrained_dir"], visdom=config["visdom"], **model)
 
     def settings(self) -> dict:
         """What the model depends on: everything but where and how fast it runs."""

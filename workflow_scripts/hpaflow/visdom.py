@@ -14,11 +14,11 @@ CURVES = ("train_loss", "val_bce", "val_f1_at_0.5", "val_f1_best_global")
 
 
 class VisdomPlot:
-    def __init__(self, settings: dict | None, window: str, log: logging.Logger, timeout_s: float = 2.0) -> None:
-        settings = settings or {}
+    def __init__(self, settings: dict, window: str, log: logging.Logger, timeout_s: float = 2.0) -> None:
+        """`settings`: the config's `visdom` block (schema defaults filled); off without a server."""
         self.enabled = bool(settings.get("server"))
-        self.url = f"{settings.get('server', '').rstrip('/')}:{settings.get('port', 8097)}/events"
-        self.env = settings.get("env", "hpa")
+        self.url = f"{settings['server'].rstrip('/')}:{settings['port']}/events" if self.enabled else ""
+        self.env = settings.get("env")
         self.window, self.log, self.timeout_s = window, log, timeout_s
 
     def payload(self, history: list[dict]) -> dict:
