@@ -6,7 +6,6 @@ four as (H, W, 4) in RGBY order. Errors are `ImageError`s that name the file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from .layout import COLORS, channel_path
+from .layout import COLORS, JPEG_PLANES, channel_path
 
 # The whole IEND chunk: zero length, type, CRC. Its 12 bytes do not occur by chance in a file.
 PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -111,20 +110,11 @@ def decode_tiff(path: Path, scaling: Uint16Scaling | None = None) -> np.ndarray:
     return _to_uint8(img, path, scaling)
 
 
-# HPAv18 JPEGs are RGB with the signal in one plane (cv2 gives BGR, hence the indices).
 def _rounded_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(a + b + 1) // 2 in uint8 without widening: ceil((a + b) / 2) = (a | b) - ((a ^ b) >> 1)."""
     return cv2.subtract(cv2.bitwise_or(a, b), cv2.bitwise_xor(a, b) >> 1)
 
 
-# HPAv18 JPEGs are RGB with the signal in one plane (cv2 gives BGR, hence the indices).
-_JPEG_PLANES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "red": lambda bgr: cv2.extractChannel(bgr, 2),
-    "green": lambda bgr: cv2.extractChannel(bgr, 1),
-    "blue": lambda bgr: cv2.extractChannel(bgr, 0),
-    # Yellow is R and G equally: the rounded mean of the two.
-    "yellow": lambda bgr: _rounded_mean(cv2.extractChannel(bgr, 2), cv2.extractChannel(bgr, 1)),
-}
 
 
 def decode_hpav18_jpeg(path: Path, color: str) -> np.ndarray:
@@ -140,7 +130,8 @@ def decode_hpav18_jpeg(path: Path, color: str) -> np.ndarray:
         raise ImageError(f"{path}: JPEG cannot be decoded")
     if img.ndim != 3 or img.shape[2] != 3:
         raise ImageError(f"{path}: expected an RGB JPEG, got shape {img.shape}")
-    return _JPEG_PLANES[color](img)
+    planes = [cv2.extractChannel(img, i) for i in JPEG_PLANES[color]]
+    return planes[0] if len(planes) == 1 else _rounded_mean(*planes)  # yellow: R and G equally
 
 
 def _to_uint8(img: np.ndarray, path: Path, scaling: Uint16Scaling | None) -> np.ndarray:

@@ -12,6 +12,9 @@ from pathlib import Path
 COLORS = ("red", "green", "blue", "yellow")
 # Extension of the channel files for each `format:` of a dataset.
 EXTENSIONS = {"png": "png", "tiff": "tif", "jpg": "jpg"}
+# HPAv18 JPEGs are RGB with the signal of their colour in these planes (BGR indices, as cv2 reads
+# them); yellow is red and green equally. The reader (io) and the demo's writer share it.
+JPEG_PLANES = {"red": (2,), "green": (1,), "blue": (0,), "yellow": (2, 1)}
 
 
 def channel_path(images_dir: str | Path, image_id: str, color: str, fmt: str) -> Path:
