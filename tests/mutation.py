@@ -106,12 +106,12 @@ def table(r: dict) -> str:
 
 
 def main() -> int:
+    global STAGE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modules", nargs="+", default=MODULES, choices=MODULES)
     ap.add_argument("--out", default=str(REPO / "results" / "mutation.json"))
     ap.add_argument("--stage", default=str(STAGE), help="folder to stage and run in")
     args = ap.parse_args()
-    global STAGE
     STAGE = Path(args.stage).resolve()
     stage(args.modules)
     t0 = time.monotonic()
