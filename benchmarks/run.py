@@ -30,7 +30,7 @@ from hpaflow.labels import encode
 from hpaflow.layout import COLORS, EXTENSIONS
 from hpaflow.shards import COMPRESSIONS, ShardSpec, write_shard
 from hpaflow.thresholds import ThresholdSettings, fit
-from hpaflow.transforms import MEAN, STD, compose, dihedral
+from hpaflow.transforms import COLOR_MATRICES, MEAN, STD
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,8 @@ def bench_preprocess(tmp: Path, n: int) -> dict:
 def peers_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The peers' CPU augmentation of a float (H, W, C) image: dihedral view, small affine,
     brightness/contrast, then normalisation, as their loaders did per sample."""
-    x = np.ascontiguousarray(dihedral(x, int(rng.integers(8))))
+    view = int(rng.integers(8))
+    x = np.ascontiguousarray(np.rot90(x[:, ::-1] if view >= 4 else x, view % 4))
     h, w = x.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-15, 15), rng.uniform(0.9, 1.1))
     m[:, 2] += rng.uniform(-0.05, 0.05, 2) * (w, h)
@@ -108,7 +109,7 @@ class PngDataset:
 
     def __getitem__(self, i: int) -> np.ndarray:
         rgby = np.stack([cv2.imread(str(self.d / f"{self.ids[i]}_{c}.png"), cv2.IMREAD_GRAYSCALE) for c in COLORS], -1)
-        x = peers_augment(compose(rgby, self.mode), np.random.default_rng(i))
+        x = peers_augment((rgby.astype(np.float32) / 255.0) @ COLOR_MATRICES[self.mode].T, np.random.default_rng(i))
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 

@@ -15,7 +15,7 @@ from .data import ShardDataset, ShardRows, fold_of
 from .files import atomic_path
 from .models import build_model
 from .runtime import autocast_dtype, pick_device
-from .transforms import CHANNELS, combine
+from .transforms import CHANNELS
 
 log = logging.getLogger("hpaflow")
 
@@ -37,6 +37,22 @@ def predict_probs(model: torch.nn.Module, dl: DataLoader, device: torch.device, 
     return np.concatenate(out, axis=1).astype(np.float32)
 
 
+# How TTA views (and the tiles of an image) are combined: the ufunc that reduces them.
+REDUCERS = {"mean": np.add, "max": np.maximum}
+
+
+def _reducer(how: str) -> np.ufunc:
+    if how not in REDUCERS:
+        raise ValueError(f"unknown combine {how!r} (mean or max)")
+    return REDUCERS[how]
+
+
+def combine(views: np.ndarray, how: str) -> np.ndarray:
+    """Per-view probabilities (V, N, K) -> (N, K) by `mean` or `max`."""
+    out = _reducer(how).reduce(views, axis=0)
+    return out / len(views) if how == "mean" else out
+
+
 def aggregate_tiles(ids: np.ndarray, probs: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
     """Rows sharing an Id (tiles of one image) -> one row per Id (`mean` or `max`), in order of
     first appearance. probs: (..., N, K) -> (..., M, K)."""
@@ -44,13 +60,9 @@ def aggregate_tiles(ids: np.ndarray, probs: np.ndarray, how: str) -> tuple[np.nd
     counts = np.bincount(inverse)
     rows = np.argsort(inverse, kind="stable")  # rows grouped by Id
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    grouped = probs[..., rows, :]
+    agg = _reducer(how).reduceat(probs[..., rows, :], starts, axis=-2)
     if how == "mean":
-        agg = np.add.reduceat(grouped, starts, axis=-2) / counts[:, None]
-    elif how == "max":
-        agg = np.maximum.reduceat(grouped, starts, axis=-2)
-    else:
-        raise ValueError(f"unknown combine {how!r} (mean or max)")
+        agg = agg / counts[:, None]
     order = np.argsort(first)
     return uniq[order], agg[..., order, :].astype(np.float32)
 

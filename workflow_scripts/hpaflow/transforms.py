@@ -1,7 +1,7 @@
-"""Colour modes, augmentation parameters and dihedral (TTA) views: the numpy definitions.
+"""Colour modes, normalisation, resizing and the per-sample augmentation parameters.
 
-The batch versions that run on the training device live in `augment` (torch); this module says
-what they compute and draws the per-sample random parameters on the CPU.
+The colour maps and statistics here are applied on the training device by `augment` (torch, whole
+batches, dihedral views included); this module draws each sample's random parameters on the CPU.
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ STD = np.array([0.229, 0.224, 0.225, 0.229], np.float32)
 IDENTITY = np.array([0, 0, 1, 0, 0, 1, 0], np.float32)
 
 
-def compose(rgby: np.ndarray, mode: str) -> np.ndarray:
-    """uint8 (H, W, 4) RGBY -> float32 (H, W, C) in [0, 1] for colour mode `mode`."""
-    return (rgby.astype(np.float32) / 255.0) @ COLOR_MATRICES[mode].T
-
-
 def resize(x: np.ndarray, size: int) -> np.ndarray:
     """(H, W, C) to (size, size, C): INTER_AREA to shrink, bilinear to enlarge."""
     if x.shape[0] == size:
@@ -41,24 +36,8 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
     return out if out.ndim == 3 else out[..., None]
 
 
-def dihedral(x: np.ndarray, view: int) -> np.ndarray:
-    """View 0-7 of the dihedral group on axes (0, 1): flip left-right if view >= 4, then rotate 90 x (view % 4)."""
-    if view >= 4:
-        x = x[:, ::-1]
-    return np.rot90(x, view % 4, axes=(0, 1))
-
-
 def sample_params(rng: np.random.Generator) -> np.ndarray:
     """Random augmentation of one sample: any dihedral view, rotation +-15 deg, scale 0.9-1.1,
     shift +-5%, contrast x0.85-1.15, brightness +-0.05."""
     return np.array([rng.integers(8), rng.uniform(-15, 15), rng.uniform(0.9, 1.1), *rng.uniform(-0.05, 0.05, 2),
                      rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05)], np.float32)
-
-
-def combine(views: np.ndarray, how: str) -> np.ndarray:
-    """Combine per-view probabilities (V, N, K) -> (N, K) by `mean` or `max`."""
-    if how == "mean":
-        return views.mean(0)
-    if how == "max":
-        return views.max(0)
-    raise ValueError(f"unknown combine {how!r} (mean or max)")
