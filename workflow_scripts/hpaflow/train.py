@@ -174,6 +174,85 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn
     return float(loss.detach())
 
 
+@dataclass
+class Training:
+    """What one job trains: the model and the state that moves with it from epoch to epoch."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+    history: list[dict]
+    best_f1: float = -1.0
+    start_epoch: int = 0
+
+    def state(self, epoch: int, fingerprint: dict) -> dict:
+        """last.pt: everything a resumed job needs to go on exactly as an uninterrupted one."""
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
+                "epoch": epoch, "history": self.history, "best_f1": self.best_f1, "fingerprint": fingerprint}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.start_epoch, self.history, self.best_f1 = state["epoch"] + 1, state["history"], state["best_f1"]
+
+
+def split_rows(cfg: TrainConfig, shard_files: list[str], folds_csv: str) -> tuple[ShardRows, np.ndarray, ShardRows,
+                                                                                   ShardRows]:
+    """All rows, their folds, and the job's training (other folds) and validation (cfg.fold) rows."""
+    rows = ShardRows.from_files(shard_files)
+    fold = fold_of(rows, folds_csv)
+    train_rows, val_rows = rows.subset(fold != cfg.fold), rows.subset(fold == cfg.fold)
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise ValueError(f"fold {cfg.fold}: {len(train_rows)} train and {len(val_rows)} validation samples")
+    return rows, fold, train_rows, val_rows
+
+
+def new_training(cfg: TrainConfig, device: torch.device) -> Training:
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, CHANNELS[cfg.color_mode], cfg.pretrained, cfg.pretrained_dir).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, model.parameters())
+    dtype = autocast_dtype(device)
+    return Training(model, opt, make_scheduler(cfg, opt), torch.amp.GradScaler("cuda", enabled=dtype == torch.float16),
+                    dtype, [])
+
+
+def train_epoch(t: Training, cfg: TrainConfig, ds: ShardDataset, labels: np.ndarray, epoch: int,
+                device: torch.device, workers: int) -> tuple[float, float]:
+    """One pass over the training rows; returns the mean loss and images per second."""
+    t.model.train()
+    ds.set_epoch(epoch)
+    dl = loader(ds, cfg.batch_size, workers, make_sampler(cfg.sampler, labels, cfg.seed, epoch))
+    progress = Progress(len(ds), f"epoch {epoch + 1}/{cfg.epochs}", "img", log=log)
+    t0, total_loss, seen = time.monotonic(), 0.0, 0
+    loss_fn = LOSSES[cfg.loss]
+    for rgby, params, y in dl:
+        x = prepare_batch(rgby, cfg.color_mode, device, params if cfg.augment else None)
+        y = y.to(device, non_blocking=True)
+        loss = train_step(t.model, x, y, loss_fn, t.opt, t.scaler, t.dtype)
+        total_loss += loss * len(x)
+        seen += len(x)
+        progress.suffix = f"loss {total_loss / seen:.4f}"
+        progress.update(len(x))
+    t.sched.step()
+    return total_loss / seen, seen / (time.monotonic() - t0)
+
+
+def validate(model: torch.nn.Module, dl: DataLoader, y: np.ndarray, device: torch.device, color_mode: str) -> dict:
+    """Validation figures of one epoch: BCE, macro F1 at 0.5 and at the best global threshold."""
+    probs = predict_probs(model, dl, device, color_mode)[0]
+    thr, f1_best = best_global(y, probs)
+    return {"val_bce": bce_from_probs(y, probs), "val_f1_at_0.5": macro_f1_at(y, probs, 0.5),
+            "val_f1_best_global": f1_best, "best_global_threshold": thr}
+
+
 def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str | Path) -> dict:
     """Train on every fold but cfg.fold, validate on cfg.fold; resume from out_dir if possible."""
     out = Path(out_dir)
@@ -182,92 +261,52 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
     device = pick_device(cfg.device)
     workers = max(0, cfg.threads - 1)
 
-    rows = ShardRows.from_files(shard_files)
-    fold = fold_of(rows, folds_csv)
-    train_rows, val_rows = rows.subset(fold != cfg.fold), rows.subset(fold == cfg.fold)
-    if len(train_rows) == 0 or len(val_rows) == 0:
-        raise ValueError(f"fold {cfg.fold}: {len(train_rows)} train and {len(val_rows)} validation samples")
+    rows, fold, train_rows, val_rows = split_rows(cfg, shard_files, folds_csv)
     log.info("model %s fold %d: %d train, %d validation samples, %s on %s (%d loader workers)",
              cfg.name, cfg.fold, len(train_rows), len(val_rows), cfg.backbone, device, workers)
     train_ds = ShardDataset(train_rows, cfg.image_size, train=cfg.augment, seed=cfg.seed)
     val_dl = loader(ShardDataset(val_rows, cfg.image_size), cfg.batch_size, workers)
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.backbone, CHANNELS[cfg.color_mode], cfg.pretrained, cfg.pretrained_dir).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(cfg, model.parameters())
-    sched = make_scheduler(cfg, opt)
-    dtype = autocast_dtype(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    loss_fn = LOSSES[cfg.loss]
+    t = new_training(cfg, device)
     fingerprint = job_fingerprint(cfg, rows, fold, shard_files)
     trained_on = sorted(set(train_rows.ids))  # recorded in best.pt: predict refuses to score these out-of-fold
 
-    start_epoch, history, best_f1 = 0, [], -1.0
     last = ckpt_dir / "last.pt"
     state = resumable_state(last, fingerprint)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_epoch, history, best_f1 = state["epoch"] + 1, state["history"], state["best_f1"]
+        t.restore(state)
         log.info("resuming from %s: epoch %d of %d done, going on with epoch %d",
-                 last, start_epoch, cfg.epochs, start_epoch + 1)
+                 last, t.start_epoch, cfg.epochs, t.start_epoch + 1)
     else:
         (ckpt_dir / "best.pt").unlink(missing_ok=True)  # another job's best epoch must not become ours
     plot = VisdomPlot(cfg.visdom, f"{cfg.name}_fold{cfg.fold}", log)
 
     run_start = time.monotonic()
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        train_ds.set_epoch(epoch)
-        dl = loader(train_ds, cfg.batch_size, workers, make_sampler(cfg.sampler, train_rows.labels, cfg.seed, epoch))
-        progress = Progress(len(train_ds), f"epoch {epoch + 1}/{cfg.epochs}", "img", log=log)
-        t0, total_loss, seen = time.monotonic(), 0.0, 0
-        for rgby, params, y in dl:
-            x = prepare_batch(rgby, cfg.color_mode, device, params if cfg.augment else None)
-            y = y.to(device, non_blocking=True)
-            loss = train_step(model, x, y, loss_fn, opt, scaler, dtype)
-            total_loss += loss * len(x)
-            seen += len(x)
-            progress.suffix = f"loss {total_loss / seen:.4f}"
-            progress.update(len(x))
-        sched.step()
-        train_time = time.monotonic() - t0
-
-        probs = predict_probs(model, val_dl, device, cfg.color_mode)[0]
-        val_y = val_rows.labels
-        f1_05 = macro_f1_at(val_y, probs, 0.5)
-        thr, f1_best = best_global(val_y, probs)
-        val_loss = bce_from_probs(val_y, probs)
-        row = {"epoch": epoch + 1, "train_loss": total_loss / seen, "val_bce": val_loss,
-               "val_f1_at_0.5": f1_05, "val_f1_best_global": f1_best, "best_global_threshold": thr,
-               "lr": opt.param_groups[0]["lr"], "images_per_s": seen / train_time}
-        history.append(row)
-        improved = f1_best > best_f1
+    for epoch in range(t.start_epoch, cfg.epochs):
+        train_loss, rate = train_epoch(t, cfg, train_ds, train_rows.labels, epoch, device, workers)
+        val = validate(t.model, val_dl, val_rows.labels, device, cfg.color_mode)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": t.opt.param_groups[0]["lr"],
+               "images_per_s": rate}
+        t.history.append(row)
+        improved = val["val_f1_best_global"] > t.best_f1
         if improved:
-            best_f1 = f1_best
-            save({"model": model.state_dict(), "epoch": epoch + 1, "val_f1": f1_best, "threshold": thr,
-                  "config": asdict(cfg), "fingerprint": fingerprint, "train_ids": trained_on}, ckpt_dir / "best.pt")
-        save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-              "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "history": history,
-              "best_f1": best_f1, "fingerprint": fingerprint}, last)
-        write_metrics(history, out / "metrics.csv")
-        done = epoch + 1 - start_epoch
-        eta = (time.monotonic() - run_start) / done * (cfg.epochs - epoch - 1)
+            t.best_f1 = val["val_f1_best_global"]
+            save({"model": t.model.state_dict(), "epoch": epoch + 1, "val_f1": t.best_f1,
+                  "threshold": val["best_global_threshold"], "config": asdict(cfg), "fingerprint": fingerprint,
+                  "train_ids": trained_on}, ckpt_dir / "best.pt")
+        save(t.state(epoch, fingerprint), last)
+        write_metrics(t.history, out / "metrics.csv")
+        eta = (time.monotonic() - run_start) / (epoch + 1 - t.start_epoch) * (cfg.epochs - epoch - 1)
         log.info("epoch %d/%d: train loss %.4f, val BCE %.4f, val macro F1 %.4f at 0.5, %.4f at %.2f%s; "
-                 "%.1f img/s; ETA %s", epoch + 1, cfg.epochs, row["train_loss"], val_loss, f1_05, f1_best, thr,
-                 " (best)" if improved else "", row["images_per_s"], format_seconds(eta))
-        plot.update(history)
+                 "%.1f img/s; ETA %s", epoch + 1, cfg.epochs, train_loss, val["val_bce"], val["val_f1_at_0.5"],
+                 val["val_f1_best_global"], val["best_global_threshold"], " (best)" if improved else "", rate,
+                 format_seconds(eta))
+        plot.update(t.history)
 
     with atomic_path(out / "best.pt") as tmp:
         shutil.copyfile(ckpt_dir / "best.pt", tmp)
-    write_metrics(history, out / "metrics.csv")
-    log.info("done: best validation macro F1 %.4f", best_f1)
-    return {"best_f1": best_f1, "history": history}
+    write_metrics(t.history, out / "metrics.csv")
+    log.info("done: best validation macro F1 %.4f", t.best_f1)
+    return {"best_f1": t.best_f1, "history": t.history}
 
 
 def write_metrics(history: list[dict], path: Path) -> None:
