@@ -26,8 +26,7 @@ rule ensemble:
         thresholds="results/thresholds.csv",
     params:
         models=MODELS,
-        thresholds=config["thresholds"],
-        ensemble=config["ensemble"],
+        config=config_keys("thresholds", "ensemble"),
     log:
         "logs/ensemble.log",
     threads: job_threads("ensemble")

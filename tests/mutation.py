@@ -4,8 +4,8 @@ decides the results, against their fast tests.
 mutmut names a mutant by its module path under the folder it runs in, so the package and the tests
 are staged in results/mutation/ (hpaflow/ at the top, as the tests import it) and mutmut runs there.
 Writes results/mutation.json: per module the mutants, killed, survived and not covered, and each
-survivor with its diff and, where tests/mutation_equivalent.yaml explains it, why it is equivalent
-(changes no result); prints a table.
+survivor with its diff and, where tests/mutation_equivalent.yaml explains it (matched by function and
+diff), why it is equivalent (changes no result); prints a table.
 
     .venv/bin/python tests/mutation.py [--modules metrics thresholds ...]
 """
@@ -70,7 +70,8 @@ def diff(name: str) -> str:
 
 
 def collect(modules: list[str], seconds: float) -> dict:
-    equivalent = yaml.safe_load((REPO / "tests" / "mutation_equivalent.yaml").read_text()) or {}
+    known = yaml.safe_load((REPO / "tests" / "mutation_equivalent.yaml").read_text()) or []
+    equivalent = {(e["function"], e["diff"].strip()): e["reason"] for e in known}
     out = {"seconds": round(seconds, 1), "modules": {}}
     for m in modules:
         meta = json.loads((STAGE / "mutants" / "hpaflow" / f"{m}.py.meta").read_text())["exit_code_by_key"]
@@ -79,8 +80,9 @@ def collect(modules: list[str], seconds: float) -> dict:
         for name, code in sorted(meta.items()):
             if STATUS.get(code) in ("survived", "no tests"):
                 short = name.removeprefix("hpaflow.")
-                survivors.append({"mutant": short, "status": STATUS[code], "diff": diff(name),
-                                  "equivalent": equivalent.get(short)})
+                change = diff(name)
+                survivors.append({"mutant": short, "status": STATUS[code], "diff": change,
+                                  "equivalent": equivalent.get((short.split("__mutmut_")[0], change.strip()))})
         n = len(meta)
         unexplained = [s for s in survivors if not s["equivalent"]]
         out["modules"][m] = {"mutants": n, "killed": counts["killed"], "survived": counts["survived"],

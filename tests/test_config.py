@@ -56,6 +56,7 @@ def schema_defaults(node: dict) -> dict:
 def test_every_schema_default_reaches_the_stage():
     from hpaflow.demo import DemoSpec
     from hpaflow.download import FetchSettings
+    from hpaflow.ensemble import EnsembleSettings
     from hpaflow.train import TrainConfig
 
     schema = yaml.safe_load(SCHEMA.read_text())["properties"]
@@ -73,6 +74,12 @@ def test_every_schema_default_reaches_the_stage():
     download = schema_defaults(schema["download"])
     assert vars(fetch) == {"base_url": schema["hpav18_base_url"]["default"],
                            **{k: download[k] for k in ("concurrency", "retries", "backoff_s", "timeout_s", "resize")}}
+    th, ens = schema_defaults(schema["thresholds"]), schema_defaults(schema["ensemble"])
+    ensemble = EnsembleSettings.from_config(cfg)
+    assert vars(ensemble.final) == {"method": th["final"], "shrink": th["shrink"], "min_positives": th["min_positives"],
+                                    "at_least_one": th["at_least_one"]}
+    assert ensemble.methods == list(dict.fromkeys([*th["methods"], th["final"]]))
+    assert (ensemble.weights, ensemble.weight_step) == (ens["weights"], ens["weight_step"])
 
 
 def test_config_readme_is_generated_from_the_schema():

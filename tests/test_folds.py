@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -60,10 +62,14 @@ def table(ids, seed=0):
 
 
 def test_table_spans_datasets():
-    df = folds_table({"a": table([f"a{i}" for i in range(10)]), "b": table([f"b{i}" for i in range(6)], 1)}, 2, 0)
+    a, b = table([f"a{i}" for i in range(30)]), table([f"b{i}" for i in range(20)], 1)
+    df = folds_table({"a": a, "b": b}, 3, 5)
     assert list(df.columns) == ["Id", "dataset", "fold"]
-    assert df["dataset"].tolist() == ["a"] * 10 + ["b"] * 6
-    assert set(df["fold"]) == {0, 1}
+    assert df.index.tolist() == list(range(50))  # one fresh row index, not each dataset's own
+    assert df["Id"].tolist() == list(a.ids + b.ids)
+    assert df["dataset"].tolist() == ["a"] * 30 + ["b"] * 20
+    # The folds are those of all the labels together, in config order, with the given seed.
+    assert np.array_equal(df["fold"], assign_folds(np.concatenate([a.labels, b.labels]), 3, 5))
 
 
 def test_id_in_two_datasets_is_an_error():
@@ -71,6 +77,181 @@ def test_id_in_two_datasets_is_an_error():
         folds_table({"a": table(["x0", "x1"]), "b": table(["x1", "x2"])}, 2, 0)
 
 
+def test_duplicate_message_names_the_first_duplicated_id_and_all_its_datasets():
+    # x0 and x1 are both duplicated; x0 comes first (dataset a) and is in a and c.
+    tables = {"a": table(["x0", "x1", "x2"]), "b": table(["x1", "x3"]), "c": table(["x4", "x0"])}
+    message = ("Id 'x0' appears in more than one train dataset (a, c); "
+               "Ids must be unique across train datasets")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        folds_table(tables, 2, 0)
+
+
 def test_too_few_images():
     with pytest.raises(ValueError, match="3 train images cannot be split into 5 folds"):
         assign_folds(np.zeros((3, 28), np.uint8), 5, 0)
+
+
+def test_exactly_n_folds_images_one_per_fold_as_int16():
+    fold = assign_folds(np.eye(3, 28, dtype=np.uint8), 3, 0)
+    assert sorted(fold.tolist()) == [0, 1, 2] and fold.dtype == np.int16
+
+
+@pytest.mark.parametrize("label_seed", [1, 2, 3])
+def test_same_seed_same_folds_where_rebalance_swaps(label_seed):
+    # On these label sets the stratifier leaves classes off and rebalance's swaps depend on its
+    # random draws (different generator seeds give different folds), so the seed must reach them.
+    y = encode(sample_label_sets(100, np.random.default_rng(label_seed)))
+    assert np.array_equal(assign_folds(y, 5, seed=2), assign_folds(y, 5, seed=2))
+    assert_balanced(y, assign_folds(y, 5, seed=2), 5)
+
+
+def multi_hot(sets):
+    y = np.zeros((len(sets), 28), np.uint8)
+    for r, s in enumerate(sets):
+        y[r, list(s)] = 1
+    return y
+
+
+def ssd(y, fold, n_folds):
+    """Summed squared deviation of per-fold class counts from an even split, times n_folds² (exact)."""
+    y = y.astype(np.int64)
+    return int(sum(((n_folds * y[fold == k].sum(0) - y.sum(0)) ** 2).sum() for k in range(n_folds)))
+
+
+def swapped(fold, i, j):
+    out = fold.copy()
+    out[i], out[j] = fold[j], fold[i]
+    return out
+
+
+def best_swap_ssd(y, fold, n_folds, a, b, c):
+    """Lowest summed squared deviation after moving one image with class c from fold a to b and one without it back."""
+    with_c = np.flatnonzero((fold == a) & (y[:, c] == 1))
+    without_c = np.flatnonzero((fold == b) & (y[:, c] == 0))
+    return min(ssd(y, swapped(fold, i, j), n_folds) for i in with_c for j in without_c)
+
+
+def test_balanced_enough_split_is_left_alone():
+    # 3 folds. Class 0: per-fold counts 2, 1, 0 (even 1: within 1, though a swap would lower the
+    # squared deviation); class 1: 2, 0, 0 but only 2 images, fewer than folds, so not checked.
+    y = multi_hot([{0, 1}, {0}, {1}, {0}, set(), set(), set(), set(), set()])
+    fold = np.repeat([0, 1, 2], 3)
+    assert ssd(y, swapped(fold, 1, 6), 3) < ssd(y, fold, 3)
+    assert np.array_equal(rebalance(y, fold, 3, np.random.default_rng(0)), fold)
+
+
+def test_class_with_exactly_n_folds_images_is_balanced():
+    # 3 images of class 0, all in fold 0: 3 >= 3 folds, so it is checked and must end one off at most.
+    y = multi_hot([{0}] * 3 + [set()] * 6)
+    fold = np.repeat([0, 1, 2], 3)
+    out = rebalance(y, fold, 3, np.random.default_rng(0))
+    counts = [int(y[out == k, 0].sum()) for k in range(3)]
+    assert max(abs(n - 1) for n in counts) <= 1 and sorted(counts) == [0, 1, 2]
+    assert np.array_equal(np.bincount(out), [3, 3, 3])
+
+
+def test_first_swap_fixes_the_worst_class():
+    # 2 folds of 7. Class 0: 4 and 0 (2 off even); class 1: 3 and 0 (1.5 off). One swap allowed:
+    # it moves a class-0 image to fold 1 (and an empty one back), leaving class 1 as it was.
+    y = multi_hot([{0}] * 4 + [{1}] * 3 + [set()] * 7)
+    fold = np.repeat([0, 1], 7)
+    out = rebalance(y, fold, 2, np.random.default_rng(0), max_swaps=1)
+    assert [int(y[out == k, 0].sum()) for k in range(2)] == [3, 1]
+    assert [int(y[out == k, 1].sum()) for k in range(2)] == [3, 0]
+
+
+def random_instances():
+    """Small dense random label sets in equal-sized random folds (ties, zero-gain and stuck swaps abound)."""
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        n_folds = int(rng.integers(2, 5))
+        n = n_folds * int(rng.integers(3, 8))
+        y = np.zeros((n, 28), np.uint8)
+        y[:, :5] = rng.random((n, 5)) < rng.uniform(0.2, 0.7, 5)
+        yield y, rng.permutation(np.arange(n) % n_folds), n_folds, int(rng.integers(100))
+
+
+def test_every_swap_is_a_steepest_descent_and_the_end_is_balanced_or_stuck():
+    """Stepping max_swaps through every iteration: each change is one swap between two folds that
+    strictly lowers the summed squared deviation, and no other swap for a class it fixes lowers it
+    more (all candidates are tried on sets this small). At the end, every checked class is within
+    1 of even, or no swap with the most opposite fold helps it."""
+    for y, start, n_folds, seed in random_instances():
+        final = rebalance(y, start, n_folds, np.random.default_rng(seed))
+        before = start
+        for s in range(1, 400):
+            if np.array_equal(before, final):
+                break
+            after = rebalance(y, start, n_folds, np.random.default_rng(seed), max_swaps=s)
+            moved = np.flatnonzero(after != before)
+            if len(moved):
+                assert len(moved) == 2
+                i, j = moved
+                assert after[i] == before[j] and after[j] == before[i] != before[j]
+                assert ssd(y, after, n_folds) < ssd(y, before, n_folds)
+                # Either image may be the one that carries the class the swap fixes.
+                assert any(ssd(y, after, n_folds) == best_swap_ssd(y, before, n_folds, before[i], before[j], c)
+                           for i, j in [(i, j), (j, i)] for c in np.flatnonzero((y[i] == 1) & (y[j] == 0)))
+            before = after
+        assert np.array_equal(before, final), "did not reach the end state one swap at a time"
+        assert np.array_equal(np.bincount(final, minlength=n_folds), np.bincount(start, minlength=n_folds))
+        total = y.sum(0).astype(np.int64)
+        dev = np.stack([n_folds * y[final == k].sum(0) - total for k in range(n_folds)])  # n_folds x deviation
+        for k, c in zip(*np.nonzero((np.abs(dev) > n_folds) & (total >= n_folds))):
+            a, b = (k, int(np.argmin(dev[:, c]))) if dev[k, c] > 0 else (int(np.argmax(dev[:, c])), k)
+            assert best_swap_ssd(y, final, n_folds, a, b, c) >= ssd(y, final, n_folds), (k, c)
+
+
+def fold_counts(y, fold, n_folds, c):
+    return [int(y[fold == k, c].sum()) for k in range(n_folds)]
+
+
+def test_a_stuck_class_does_not_block_the_next_one():
+    # 3 folds of 3. Per-fold counts: class 0 [3, 1, 3] (even 7/3), class 1 [0, 1, 2] (even 1),
+    # class 2 [1, 1, 3] (even 5/3); class 3 has 2 images (unchecked). Worst are fold 1 of class 0
+    # and fold 2 of class 2 (4/3 off each); class 0 comes first, but each of its swaps (an image with
+    # class 0 from fold 0 for one without it from fold 1) leaves the squared deviation as it is
+    # (gain 0): not taken. Class 2 is next: the best swap moves {0,1,2} from fold 2 to fold 0 and {0} back.
+    y = multi_hot([{0}, {1, 3}, {0, 2}, {0, 1, 2}, {2}, {0}, {0}, {0, 1, 2}, {0, 2, 3}])
+    fold = np.array([1, 1, 2, 2, 1, 0, 0, 2, 0])
+    assert [fold_counts(y, fold, 3, c) for c in range(4)] == [[3, 1, 3], [0, 1, 2], [1, 1, 3], [1, 1, 0]]
+    # The first iteration only gives class 0 up (no zero-gain swap is made) ...
+    assert np.array_equal(rebalance(y, fold, 3, np.random.default_rng(0), max_swaps=1), fold)
+    # ... the second swaps for class 2; then class 0 is stuck again (its swaps still gain 0) and it ends.
+    for max_swaps in [2, 10_000]:
+        out = rebalance(y, fold, 3, np.random.default_rng(0), max_swaps=max_swaps)
+        assert [fold_counts(y, out, 3, c) for c in range(4)] == [[3, 1, 3], [1, 1, 1], [2, 1, 2], [1, 1, 0]]
+
+
+class RecordingRng:
+    """Stands in for the generator: records each candidate draw (pool size, sample size, replace)."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+        self.draws = []
+
+    def choice(self, a, size, replace=True):  # Generator.choice's default: with replacement
+        self.draws.append((len(a), size, replace))
+        return self.rng.choice(a, size, replace=replace)
+
+
+def test_swap_candidates_are_at_most_256_per_side_drawn_without_replacement():
+    # 2 folds of 300: class 0 in 290 images of fold 0 and 270 of fold 1 (10 off even):
+    # 290 candidates to move out of fold 0 (more than 256), 30 without it in fold 1.
+    y = np.zeros((600, 28), np.uint8)
+    y[:290, 0] = 1
+    y[300:570, 0] = 1
+    fold = np.repeat([0, 1], 300)
+    rng = RecordingRng(0)
+    out = rebalance(y, fold, 2, rng)
+    assert fold_counts(y, out, 2, 0) == [281, 279]  # each swap moves one: 9 of them bring it within 1
+    assert [(pool, size) for pool, size, _ in rng.draws[:2]] == [(290, 256), (30, 30)]
+    assert all(size == min(pool, 256) and not replace for pool, size, replace in rng.draws)
+
+
+def test_uneven_folds_with_nothing_to_swap_are_left_as_they_are():
+    """Fold 1 holds no image without class 0, so no swap can move class 0: rebalance stops without one."""
+    y = np.zeros((6, 28), np.uint8)
+    y[:, 0] = 1
+    fold = np.array([0, 0, 0, 0, 0, 1])
+    assert rebalance(y, fold, 2, np.random.default_rng(0)).tolist() == fold.tolist()

@@ -77,10 +77,10 @@ def test_shrinkage_and_floor():
     y[:40, 2] = 1
     p = np.clip(y * 0.5 + rng.random((400, 3)) * 0.5, 0, 1)
     t_global, _ = best_global(y, p)
-    raw = fit(y, p, ThresholdSettings("per_class"))
-    floored = fit(y, p, ThresholdSettings("per_class", min_positives=5))
+    raw = fit(y, p, ThresholdSettings("per_class", 0.0, 0, True))
+    floored = fit(y, p, ThresholdSettings("per_class", 0.0, 5, True))
     assert floored[1] == t_global and floored[0] == raw[0] and floored[2] == raw[2]
-    shrunk = fit(y, p, ThresholdSettings("per_class", shrink=40))
+    shrunk = fit(y, p, ThresholdSettings("per_class", 40, 0, True))
     w = y.sum(0) / (y.sum(0) + 40)
     assert np.allclose(shrunk, w * raw + (1 - w) * t_global)
 
@@ -93,7 +93,6 @@ def test_at_least_one_argmax_fallback():
 
 def test_cross_fitting_never_fits_on_the_held_out_fold():
     rng = np.random.default_rng(5)
-    y = (rng.random((90, 28)) < 0.2).astype(int)
     p = rng.random((90, 28))
     folds = np.repeat([0, 1, 2], 30)
     seen = []
@@ -102,7 +101,7 @@ def test_cross_fitting_never_fits_on_the_held_out_fold():
         seen.append(set(rows.tolist()))
         return np.full(28, 0.5)
 
-    cross_fit(y, p, folds, fit_fn)
+    cross_fit(p, folds, fit_fn, True)
     assert len(seen) == 3
     for k, rows in enumerate(seen):
         held = set(np.flatnonzero(folds == k).tolist())
@@ -114,13 +113,13 @@ def test_cross_fitted_score_is_honest_on_noise():
     rng = np.random.default_rng(6)
     y = (rng.random((400, 28)) < 0.05).astype(int)
     p = rng.random((400, 28))
-    ev = evaluate(y, p, np.arange(400) % 4, ThresholdSettings("per_class", at_least_one=False))
+    ev = evaluate(y, p, np.arange(400) % 4, ThresholdSettings("per_class", 0.0, 0, False))
     assert ev["f1_in_sample"] > ev["f1_cross_fitted"] + 0.02
 
 
 def test_unknown_method():
-    with pytest.raises(ValueError, match="unknown threshold method"):
-        fit(np.zeros((4, 2)), np.zeros((4, 2)), ThresholdSettings("magic"))
+    with pytest.raises(ValueError, match=r"^unknown threshold method 'magic' \(one of global, per_class, rate\)$"):
+        fit(np.zeros((4, 2)), np.zeros((4, 2)), ThresholdSettings("magic", 0.0, 0, True))
 
 
 def test_a_score_equal_to_its_threshold_is_not_predicted():
@@ -143,9 +142,10 @@ def test_per_class_sweep_known_answers():
     # A tie that straddles the classes cannot be cut inside: positives 0.6 (x2, one negative among them).
     t, f1 = best_per_class(np.array([1, 0, 1, 0]), np.array([0.6, 0.6, 0.9, 0.1]))
     assert f1 == pytest.approx(max(2 * 1 / (1 + 2), 2 * 2 / (3 + 2))) and t == pytest.approx(0.35)
-    # Scores that are equal keep their order of appearance (stable sort) in float32 too.
+    # Equal scores (a positive first, as given, or a negative first) cut only around their run, in float32 too.
     t32, _ = best_per_class(np.array([1, 0, 0]), np.array([0.5, 0.5, 0.2], np.float32))
     assert t32 == pytest.approx(0.35)
+    assert best_per_class(np.array([0, 1, 0]), np.array([0.5, 0.5, 0.2], np.float32)) == pytest.approx((0.35, 2 / 3))
 
 
 def test_rate_threshold_known_answers():
@@ -156,8 +156,8 @@ def test_rate_threshold_known_answers():
     assert t[0] == pytest.approx(0.2 - 1e-6, abs=1e-9) and t[1] == pytest.approx(0.35)
     # fit() takes the training prior when given one, else the labels' own rate.
     y = np.array([[1, 0], [0, 0], [0, 0], [0, 0]])
-    assert fit(y, p, ThresholdSettings("rate"))[0] == pytest.approx(0.8)
-    assert fit(y, p, ThresholdSettings("rate"), prior=np.array([0.5, 0.0]))[0] == pytest.approx(0.55)
+    assert fit(y, p, ThresholdSettings("rate", 0.0, 0, True))[0] == pytest.approx(0.8)
+    assert fit(y, p, ThresholdSettings("rate", 0.0, 0, True), prior=np.array([0.5, 0.0]))[0] == pytest.approx(0.55)
 
 
 def test_floor_and_shrink_boundaries():
@@ -167,15 +167,15 @@ def test_floor_and_shrink_boundaries():
     y[:20, 1] = 1
     p = np.clip(y * 0.5 + rng.random((60, 2)) * 0.5, 0, 1)
     t_global, _ = best_global(y, p)
-    raw = fit(y, p, ThresholdSettings("per_class"))
+    raw = fit(y, p, ThresholdSettings("per_class", 0.0, 0, True))
     # Exactly min_positives positives keep their own value; one fewer takes the global one.
-    assert fit(y, p, ThresholdSettings("per_class", min_positives=5))[0] == raw[0]
-    assert fit(y, p, ThresholdSettings("per_class", min_positives=6))[0] == t_global
+    assert fit(y, p, ThresholdSettings("per_class", 0.0, 5, True))[0] == raw[0]
+    assert fit(y, p, ThresholdSettings("per_class", 0.0, 6, True))[0] == t_global
     # shrink 0 leaves the per-class values as they are (also for a class without positives).
     y[:, 0] = 0
-    assert np.array_equal(fit(y, p, ThresholdSettings("per_class", shrink=0)),
-                          fit(y, p, ThresholdSettings("per_class")))
-    shrunk = fit(y, p, ThresholdSettings("per_class", shrink=0.5))
+    assert np.array_equal(fit(y, p, ThresholdSettings("per_class", 0, 0, True)),
+                          fit(y, p, ThresholdSettings("per_class", 0.0, 0, True)))
+    shrunk = fit(y, p, ThresholdSettings("per_class", 0.5, 0, True))
     assert shrunk[0] == pytest.approx(t_global)  # no positives: all weight on the global value
 
 
@@ -184,3 +184,56 @@ def test_f1_curve_edges():
     # At a threshold equal to a score that score is not predicted (s > t); above everything F1 is 0.
     assert f1_curve(y, s, np.array([0.5, 0.8, 1.0, 0.1])).tolist() == pytest.approx([2 / 3, 0.0, 0.0, 0.8])
     assert f1_curve(np.zeros(3, int), s, np.array([0.9])).tolist() == [0.0]
+
+
+def test_f1_is_zero_without_true_or_predicted_positives():
+    # Columns: nothing anywhere (0/0), one true positive missed, one false positive, one hit of two.
+    y = np.array([[0, 1, 0, 1], [0, 0, 0, 1]])
+    pred = np.array([[0, 0, 1, 1], [0, 0, 0, 0]])
+    assert f1_per_class(y, pred).tolist() == [0.0, 0.0, 0.0, pytest.approx(2 / 3)]
+    assert f1_curve(np.array([0, 0]), np.array([0.3, 0.6]), np.array([0.9, 0.5, 0.1])).tolist() == [0.0, 0.0, 0.0]
+    assert f1_curve(np.array([1, 0]), np.array([0.3, 0.6]), np.array([0.9, 0.5])).tolist() == [0.0, 0.0]
+
+
+def test_cross_fit_keeps_empty_rows_without_at_least_one():
+    p = np.array([[0.2, 0.4], [0.9, 0.1], [0.3, 0.1], [0.1, 0.8]])
+    folds = np.array([0, 0, 1, 1])
+    pred = cross_fit(p, folds, lambda rows: np.array([0.5, 0.5]), False)
+    assert pred.dtype == bool
+    assert pred.tolist() == [[False, False], [True, False], [False, False], [False, True]]
+    pred = cross_fit(p, folds, lambda rows: np.array([0.5, 0.5]), True)
+    assert pred.tolist() == [[False, True], [True, False], [True, False], [False, True]]
+
+
+# One class, scores 0.9 0.7 0.4 0.2, only the first positive, folds {0, 1} and {2, 3}.
+EV_Y = np.array([[1], [0], [0], [0]])
+EV_P = np.array([[0.9], [0.7], [0.4], [0.2]])
+EV_FOLDS = np.array([0, 0, 1, 1])
+
+
+def test_evaluate_rate_with_a_prior_without_at_least_one():
+    # Prior 0.5: predict the top half. All rows: t = (0.7 + 0.4) / 2, rows 0 and 1 predicted
+    # (F1 = 2 * 1 / (1 + 2)). Fold 0 held out: fitted on 0.4, 0.2, t = 0.3, so 0.9 and 0.7 pass;
+    # fold 1 held out: fitted on 0.9, 0.7, t = 0.8, so 0.4 and 0.2 do not, and stay empty.
+    ev = evaluate(EV_Y, EV_P, EV_FOLDS, ThresholdSettings("rate", 0.0, 0, False), prior=np.array([0.5]))
+    assert ev["thresholds"].tolist() == pytest.approx([0.55])
+    assert ev["cross_fitted_pred"].dtype == bool
+    assert ev["cross_fitted_pred"][:, 0].tolist() == [True, True, False, False]
+    assert ev["f1_in_sample"] == pytest.approx(2 / 3) and ev["f1_cross_fitted"] == pytest.approx(2 / 3)
+
+
+def test_evaluate_rate_with_a_prior_and_at_least_one():
+    # As above, but an empty row takes its argmax, the one class: every row is predicted (F1 2 / (1 + 4)).
+    ev = evaluate(EV_Y, EV_P, EV_FOLDS, ThresholdSettings("rate", 0.0, 0, True), prior=np.array([0.5]))
+    assert ev["thresholds"].tolist() == pytest.approx([0.55])
+    assert ev["cross_fitted_pred"][:, 0].tolist() == [True] * 4
+    assert ev["f1_in_sample"] == pytest.approx(0.4) and ev["f1_cross_fitted"] == pytest.approx(0.4)
+
+
+def test_evaluate_rate_without_a_prior_uses_each_fit_s_own_labels():
+    # All rows: rate 1/4, t = (0.9 + 0.7) / 2, only row 0 predicted (F1 1). Fold 0 held out: rows 2, 3
+    # have no positive, t = 1, nothing passes; fold 1 held out: rate 1/2, t = 0.8, nothing passes.
+    ev = evaluate(EV_Y, EV_P, EV_FOLDS, ThresholdSettings("rate", 0.0, 0, False))
+    assert ev["thresholds"].tolist() == pytest.approx([0.8])
+    assert not ev["cross_fitted_pred"].any()
+    assert ev["f1_in_sample"] == 1.0 and ev["f1_cross_fitted"] == 0.0

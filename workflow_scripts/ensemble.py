@@ -1,8 +1,9 @@
+from hpaflow.ensemble import EnsembleSettings, run_ensemble
 from hpaflow.runlog import logged
-from hpaflow.summary import gather, headline
+from hpaflow.summary import headline
 
 with logged(snakemake.log[0]) as log:
     p = snakemake.params
-    gather(dict(zip(p.models, snakemake.input)), {"thresholds": p.thresholds, "ensemble": p.ensemble},
-           snakemake.output.ensemble, snakemake.output.metrics, snakemake.output.thresholds)
+    run_ensemble(dict(zip(p.models, snakemake.input)), EnsembleSettings.from_config(p.config),
+                 snakemake.output.ensemble, snakemake.output.metrics, snakemake.output.thresholds)
     log.info(headline(snakemake.output.metrics))

@@ -44,6 +44,9 @@ def rebalance(labels: np.ndarray, fold: np.ndarray, n_folds: int, rng: np.random
         # Move one image with class c from a (too many) to b, and one without it back.
         ia = np.flatnonzero((fold == a) & (y[:, c] == 1))
         ib = np.flatnonzero((fold == b) & (y[:, c] == 0))
+        if len(ia) == 0 or len(ib) == 0:  # uneven folds: nothing to swap for this class
+            stuck.add((k, c))
+            continue
         ia = rng.choice(ia, min(len(ia), candidates), replace=False)
         ib = rng.choice(ib, min(len(ib), candidates), replace=False)
         v = y[ia][:, None, :] - y[ib][None, :, :]  # label change of fold a is -v, of fold b +v

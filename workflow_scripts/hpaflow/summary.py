@@ -1,24 +1,24 @@
-"""Gather: per-model fold averaging, the ensemble, thresholds and the figures of metrics.json.
+"""Per-model summaries: fold averaging (rule model_summary), their HDF5 files, and the figures of one
+model (or the ensemble) in metrics.json.
 
-I/O at the edges (HDF5 in, HDF5/JSON/CSV out); the maths lives in thresholds, ensemble, metrics.
+I/O at the edges; the maths lives in thresholds and metrics. The ensemble stage is `ensemble`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
-from .ensemble import fit_weights, weighted_mean
 from .files import atomic_path
 from .labels import CLASS_NAMES
-from .metrics import f1_per_class, macro_f1, macro_f1_at
-from .thresholds import ThresholdSettings, cross_fit, evaluate, fit
+from .metrics import f1_per_class, macro_f1_at
+from .thresholds import ThresholdSettings, evaluate
 
 log = logging.getLogger("hpaflow")
 
@@ -93,24 +93,23 @@ def prior_baseline_f1(train_rate: np.ndarray, true_rate: np.ndarray) -> float:
     """Expected macro F1 of predicting each class at random at its training rate p when its true
     rate is q: precision q, recall p, so F1 = 2pq / (p + q)."""
     p, q = train_rate, true_rate
-    return float(np.mean(np.where(p + q > 0, 2 * p * q / np.maximum(p + q, 1e-12), 0.0)))
+    return float(np.mean(2 * p * q / np.maximum(p + q, 1e-12)))  # a class absent from both: 0 / 1e-12 = 0
 
 
 def score(p: Predictions, methods: list[str], final: ThresholdSettings,
           prior: np.ndarray) -> tuple[dict, dict]:
-    """The figures of one model (or the ensemble) for metrics.json, and the final method's evaluation."""
+    """The figures of one model (or the ensemble) for metrics.json, and the final method's evaluation.
+
+    `methods` includes final.method (EnsembleSettings adds it).
+    """
     y, probs = p.labels, p.oof_probs
     out = {"f1_at_0.5": macro_f1_at(y, probs, 0.5), "thresholds": {}}
-    final_eval = None
+    evals = {}
     for m in methods:
-        s = ThresholdSettings(m, final.shrink, final.min_positives, final.at_least_one)
-        ev = evaluate(y, probs, p.folds, s, prior)
+        evals[m] = ev = evaluate(y, probs, p.folds, replace(final, method=m), prior)
         out["thresholds"][m] = {"f1_cross_fitted": ev["f1_cross_fitted"], "f1_in_sample": ev["f1_in_sample"],
                                 "values": [round(float(t), 4) for t in ev["thresholds"]]}
-        if m == final.method:
-            final_eval = ev
-    if final_eval is None:
-        final_eval = evaluate(y, probs, p.folds, final, prior)
+    final_eval = evals[final.method]
     crossed = final_eval["cross_fitted_pred"]
     out["final_method"] = final.method
     out["f1_cross_fitted"] = final_eval["f1_cross_fitted"]
@@ -118,80 +117,6 @@ def score(p: Predictions, methods: list[str], final: ThresholdSettings,
     out["predicted_frequency"] = dict(zip(CLASS_NAMES, np.round(crossed.mean(0), 5).tolist()))
     out["true_frequency"] = dict(zip(CLASS_NAMES, np.round(y.mean(0), 5).tolist()))
     return out, final_eval
-
-
-def ensemble(models: dict[str, Predictions], weighting: str,
-             step: float) -> tuple[Predictions, np.ndarray, np.ndarray | None]:
-    """Mean (or OOF-fitted weighted mean) of the models' probabilities.
-
-    Returns the ensemble, its final weights (fitted on all OOF rows), and, for fitted weights, the
-    OOF probabilities where each fold's rows use weights fitted on the other folds only (else None).
-    """
-    first = next(iter(models.values()))
-    for name, m in models.items():
-        if not np.array_equal(m.oof_ids, first.oof_ids) or not np.array_equal(m.test_ids, first.test_ids):
-            raise ValueError(f"model {name}: its Ids differ from {next(iter(models))}'s")
-    oof = [m.oof_probs for m in models.values()]
-    test = [m.test_probs for m in models.values()]
-    y = first.labels
-    crossed = None
-    if weighting == "equal":
-        w = np.full(len(models), 1 / len(models))
-    else:
-        w = fit_weights(y, oof, step)
-        crossed = np.zeros_like(oof[0])
-        for k in np.unique(first.folds):
-            held = first.folds == k
-            wk = fit_weights(y[~held], [p[~held] for p in oof], step)
-            crossed[held] = weighted_mean([p[held] for p in oof], wk)
-    ens = Predictions(first.oof_ids, weighted_mean(oof, w), y, first.folds, first.test_ids,
-                      weighted_mean(test, w) if len(first.test_ids) else first.test_probs)
-    return ens, w, crossed
-
-
-def gather(model_files: dict[str, str], settings: dict, out_h5: str, out_json: str, out_thresholds: str) -> dict:
-    """metrics.json for every model and the ensemble; the ensemble's probabilities and thresholds."""
-    th = settings["thresholds"]
-    final = ThresholdSettings(th["final"], th["shrink"], th["min_positives"], th["at_least_one"])
-    methods = list(dict.fromkeys(th["methods"] + [th["final"]]))
-    models = {name: load_predictions(f) for name, f in model_files.items()}
-    first = next(iter(models.values()))
-    prior = first.labels.mean(0)  # out-of-fold rows are all train Ids: their label rate is the training prior
-    metrics: dict = {"n_train": int(len(first.labels)), "n_test": int(len(first.test_ids)),
-                     "training_frequency": dict(zip(CLASS_NAMES, np.round(prior, 5).tolist())),
-                     "prior_baseline": {"f1": prior_baseline_f1(prior, prior),
-                                        "what": "each class predicted at random at its training rate "
-                                                "(expected macro F1)"},
-                     "models": {}}
-    for name, m in models.items():
-        metrics["models"][name], _ = score(m, methods, final, prior)
-        log.info("%s: out-of-fold macro F1 %.4f at 0.5, %.4f cross-fitted (%s)", name,
-                 metrics["models"][name]["f1_at_0.5"], metrics["models"][name]["f1_cross_fitted"], final.method)
-
-    ens, weights, crossed_probs = ensemble(models, settings["ensemble"]["weights"], settings["ensemble"]["weight_step"])
-    ens_metrics, ens_eval = score(ens, methods, final, prior)
-    if crossed_probs is not None:
-        # Weights and thresholds both fitted without the held-out fold.
-        crossed_pred = cross_fit(ens.labels, crossed_probs, ens.folds,
-                                 lambda rows: fit(ens.labels[rows], crossed_probs[rows], final, prior),
-                                 final.at_least_one)
-        ens_metrics["f1_cross_fitted_with_weights"] = macro_f1(ens.labels, crossed_pred)
-    ens_metrics["weights"] = dict(zip(models, np.round(weights, 4).tolist()))
-    metrics["ensemble"] = ens_metrics
-    member_mean = float(np.mean([metrics["models"][n]["f1_cross_fitted"] for n in models]))
-    metrics["ensemble"]["members_mean_f1_cross_fitted"] = member_mean
-    log.info("ensemble: out-of-fold macro F1 %.4f cross-fitted (members' mean %.4f; prior-only baseline %.4f)",
-             ens_metrics["f1_cross_fitted"], member_mean, metrics["prior_baseline"]["f1"])
-
-    t_final = ens_eval["thresholds"]
-    save_predictions(ens, out_h5, {"weights": weights, "final_method": final.method},
-                     {"thresholds": t_final, "oof_pred_cross_fitted": ens_eval["cross_fitted_pred"]})
-    with atomic_path(out_thresholds) as tmp:
-        pd.DataFrame({"class": range(len(CLASS_NAMES)), "name": CLASS_NAMES, "threshold": t_final}).to_csv(
-            tmp, index=False)
-    with atomic_path(out_json) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1))
-    return metrics
 
 
 def headline(metrics_json: str | Path) -> str:

@@ -23,10 +23,18 @@ METHODS = ("global", "per_class", "rate")
 
 @dataclass(frozen=True)
 class ThresholdSettings:
-    method: str = "per_class"
-    shrink: float = 0.0  # pseudo-count of positives pulling per-class values to the global one
-    min_positives: int = 0  # below this many positives a class takes the global value
-    at_least_one: bool = True  # no class passes -> predict the argmax
+    """How thresholds are fitted and applied; defaults live in the config schema only (from_config)."""
+
+    method: str
+    shrink: float  # pseudo-count of positives pulling per-class values to the global one
+    min_positives: int  # below this many positives a class takes the global value
+    at_least_one: bool  # no class passes -> predict the argmax
+
+    @classmethod
+    def from_config(cls, config: dict, method: str | None = None) -> ThresholdSettings:
+        """The config's `thresholds` block with its final method, or `method` with the same options."""
+        th = config["thresholds"]
+        return cls(method or th["final"], th["shrink"], th["min_positives"], th["at_least_one"])
 
 
 def f1_curve(y: np.ndarray, s: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -36,7 +44,7 @@ def f1_curve(y: np.ndarray, s: np.ndarray, thresholds: np.ndarray) -> np.ndarray
     predicted = len(s) - np.searchsorted(s_sorted, thresholds, side="right")
     tp = len(pos_sorted) - np.searchsorted(pos_sorted, thresholds, side="right")
     denom = predicted + len(pos_sorted)
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return 2 * tp / np.maximum(denom, 1)  # denom 0 means tp 0: F1 0
 
 
 def best_global(y: np.ndarray, p: np.ndarray, grid: np.ndarray = GRID) -> tuple[float, float]:
@@ -57,9 +65,9 @@ def best_per_class(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     n_pos = int(y.sum())
     if n_pos == 0:
         return 1.0, 0.0  # nothing to find: predict nothing (F1 is 0 either way)
-    order = np.argsort(-s, kind="stable")
-    ss, yy = s[order], y[order].astype(np.int64)
-    tp = np.cumsum(yy)
+    order = np.argsort(-s)  # any order of equal scores: only cuts between distinct scores count
+    ss = s[order]
+    tp = np.cumsum(y[order])
     k = np.arange(1, len(s) + 1)
     f1 = 2 * tp / (k + n_pos)
     valid = np.append(ss[1:] < ss[:-1], True)  # a cut after position k-1 separates distinct scores
@@ -107,8 +115,8 @@ def apply(p: np.ndarray, t: np.ndarray | float, at_least_one: bool = True) -> np
     return pred
 
 
-def cross_fit(y: np.ndarray, p: np.ndarray, folds: np.ndarray,
-              fit_fn: Callable[[np.ndarray], np.ndarray], at_least_one: bool = True) -> np.ndarray:
+def cross_fit(p: np.ndarray, folds: np.ndarray,
+              fit_fn: Callable[[np.ndarray], np.ndarray], at_least_one: bool) -> np.ndarray:
     """Predictions for every row, each fold's rows thresholded by values fitted on the other folds.
 
     fit_fn(rows) -> thresholds, given the indices of the rows it may use.
@@ -125,6 +133,6 @@ def evaluate(y: np.ndarray, p: np.ndarray, folds: np.ndarray, settings: Threshol
              prior: np.ndarray | None = None) -> dict:
     """Thresholds fitted on all rows, their in-sample macro F1, and the cross-fitted macro F1."""
     t = fit(y, p, settings, prior)
-    crossed = cross_fit(y, p, folds, lambda rows: fit(y[rows], p[rows], settings, prior), settings.at_least_one)
+    crossed = cross_fit(p, folds, lambda rows: fit(y[rows], p[rows], settings, prior), settings.at_least_one)
     return {"thresholds": t, "f1_in_sample": macro_f1(y, apply(p, t, settings.at_least_one)),
             "f1_cross_fitted": macro_f1(y, crossed), "cross_fitted_pred": crossed}
