@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import warnings
 from pathlib import Path
 
 import cv2
@@ -13,9 +15,10 @@ import torch
 
 from hpaflow.data import ShardRows
 from hpaflow.models import build_model
-from hpaflow.predict import LeakError, predict_rows, run_predict
+from hpaflow.predict import (LeakError, aggregate_tiles, check_no_leak, load_checkpoint, load_model, predict_rows,
+                             run_predict, write_predictions)
 from hpaflow.shards import ShardSpec, write_shard
-from hpaflow.transforms import MEAN, STD
+from hpaflow.transforms import CHANNELS, MEAN, STD
 
 PREDICT = dict(views=[0, 3, 6], tta_combine="max", tile_combine="mean", save_views=True, batch_size=3,
                device_name="cpu", threads=1)
@@ -35,10 +38,10 @@ def tiled_shards(tmp_path):
     return labels
 
 
-def checkpoint(path, **extra):
+def checkpoint(path, color_mode="gyb", **extra):
     torch.manual_seed(0)
-    model = build_model("resnet18", 3)
-    cfg = {"name": "m", "backbone": "resnet18", "color_mode": "gyb", "image_size": 16}
+    model = build_model("resnet18", CHANNELS[color_mode])
+    cfg = {"name": "m", "backbone": "resnet18", "color_mode": color_mode, "image_size": 16}
     torch.save({"model": model.state_dict(), "config": cfg, **extra}, path)
     return str(path)
 
@@ -50,9 +53,15 @@ def predict(tmp_path, best, fold):
     return out
 
 
-def test_run_predict_aggregates_tiles_and_keeps_views(tmp_path):
+def test_run_predict_aggregates_tiles_and_keeps_views(tmp_path, caplog):
     labels = tiled_shards(tmp_path)
-    out = predict(tmp_path, checkpoint(tmp_path / "best.pt", train_ids=["a", "d"]), 1)
+    torch.set_num_threads(3)
+    with caplog.at_level(logging.INFO, logger="hpaflow"):
+        out = predict(tmp_path, checkpoint(tmp_path / "best.pt", train_ids=["a", "d"]), 1)
+    assert torch.get_num_threads() == 1  # threads=1: the job uses the one core it was given
+    # The job log says what was scored and how: rows are tiles (4 per image).
+    assert "oof: 8 rows, TTA views [0, 3, 6] (max), tiles mean" in caplog.messages
+    assert "test: 8 rows, TTA views [0, 3, 6] (max), tiles mean" in caplog.messages
     with h5py.File(out) as h5:
         assert h5["oof/ids"].asstr()[...].tolist() == ["b", "c"]  # fold 1, one row per image (4 tiles each)
         assert np.array_equal(h5["oof/labels"][...], labels[[1, 2]])
@@ -62,6 +71,22 @@ def test_run_predict_aggregates_tiles_and_keeps_views(tmp_path):
         # b is in both: the same image gives the same probabilities.
         assert np.allclose(h5["test/probs"][1], probs[0], atol=1e-6)
         assert h5.attrs["views"].tolist() == [0, 3, 6] and h5.attrs["tta_combine"] == "max"
+        assert h5.attrs["model"] == "m" and h5.attrs["fold"] == 1 and h5.attrs["tile_combine"] == "mean"
+
+
+def test_without_test_shards_only_out_of_fold_rows_are_written_and_views_only_on_request(tmp_path):
+    labels = tiled_shards(tmp_path)
+    out = tmp_path / "pred.h5"
+    run_predict(checkpoint(tmp_path / "best.pt", train_ids=["b", "c"]), [str(tmp_path / "train.h5")], [],
+                str(tmp_path / "folds.csv"), 0, str(out),
+                **{**PREDICT, "save_views": False, "tta_combine": "mean", "tile_combine": "max"})
+    with h5py.File(out) as h5:
+        assert list(h5) == ["oof"]
+        assert sorted(h5["oof"]) == ["ids", "labels", "probs"]  # no views
+        assert h5["oof/ids"].asstr()[...].tolist() == ["a", "d"]
+        assert np.array_equal(h5["oof/labels"][...], labels[[0, 3]])
+        assert h5["oof/probs"].shape == (2, 28) and h5["oof/probs"].dtype == np.float32
+        assert h5.attrs["fold"] == 0 and h5.attrs["tta_combine"] == "mean" and h5.attrs["tile_combine"] == "max"
 
 
 @pytest.mark.parametrize("fold,trained_on,leaked", [
@@ -78,8 +103,29 @@ def test_out_of_fold_rows_the_model_was_trained_on_are_refused(tmp_path, fold, t
 
 def test_checkpoint_without_training_ids_is_refused(tmp_path):
     tiled_shards(tmp_path)
-    with pytest.raises(LeakError, match="records no training Ids"):
-        predict(tmp_path, checkpoint(tmp_path / "best.pt"), 1)
+    best = checkpoint(tmp_path / "best.pt")
+    with pytest.raises(LeakError, match="^" + re.escape(
+            f"{best}: records no training Ids (written by an older version), so its out-of-fold predictions "
+            "cannot be checked for leaks; delete it and rerun its train job") + "$"):
+        predict(tmp_path, best, 1)
+
+
+LEAK_ADVICE = ("refusing to write them as out-of-fold predictions. The folds or the data changed after this model "
+               "was trained; rerun its train job (snakemake does when folds.csv or the shards are newer)")
+
+
+@pytest.mark.parametrize("n_leaked,shown", [
+    (10, "i00, i01, i02, i03, i04, i05, i06, i07, i08, i09"),  # ten: all shown
+    (11, "i00, i01, i02, i03, i04, i05, i06, i07, i08, i09, ..."),  # more: the first ten, then an ellipsis
+])
+def test_leak_message_counts_images_and_shows_at_most_ten(n_leaked, shown):
+    names = [f"i{k:02d}" for k in range(12)]
+    held_out = np.repeat(names[::-1] + ["new"], 4)  # 4 tiles per image: Ids are counted, not tiles
+    trained = names[:n_leaked] + ["other"]
+    with pytest.raises(LeakError, match="^" + re.escape(
+            f"run/best.pt was trained on {n_leaked} Id(s) that fold 2 now holds out ({shown}): {LEAK_ADVICE}") + "$"):
+        check_no_leak({"train_ids": trained}, "run/best.pt", held_out, 2)
+    check_no_leak({"train_ids": names}, "run/best.pt", np.repeat(["new", "x"], 4), 2)  # no overlap: passes
 
 
 def test_damaged_checkpoint_is_named(tmp_path):
@@ -87,14 +133,76 @@ def test_damaged_checkpoint_is_named(tmp_path):
     best = tmp_path / "best.pt"
     whole = Path(checkpoint(tmp_path / "ok.pt", train_ids=["a", "d"])).read_bytes()
     best.write_bytes(whole[:5000])  # cut short
-    with pytest.raises(ValueError, match=re.escape(f"{best}: cannot be read as a checkpoint")):
+    with pytest.raises(ValueError, match=re.escape(f"{best}: cannot be read as a checkpoint (")
+                       + ".*" + re.escape("); delete it and rerun its train job") + "$"):
         predict(tmp_path, str(best), 1)
 
 
+def test_missing_checkpoint_is_named_with_the_error(tmp_path):
+    best = tmp_path / "best.pt"
+    with pytest.raises(ValueError, match="^" + re.escape(f"{best}: cannot be read as a checkpoint (FileNotFoundError: ")
+                       + ".*" + re.escape("); delete it and rerun its train job") + "$"):
+        load_checkpoint(best)
+
+
+@pytest.mark.parametrize("content,missing", [
+    ({"config": {}, "train_ids": []}, "model"),
+    ({"model": {}}, "config"),
+    ({"train_ids": ["a"]}, "config, model"),
+])
+def test_file_that_is_not_a_model_checkpoint_says_what_it_lacks(tmp_path, content, missing):
+    best = tmp_path / "best.pt"
+    torch.save(content, best)
+    with pytest.raises(ValueError, match="^" + re.escape(f"{best}: not a model checkpoint (no {missing})") + "$"):
+        load_checkpoint(best)
+
+
+def trained_model(color_mode="gyb"):
+    """The model that checkpoint() writes, built again here."""
+    torch.manual_seed(0)
+    return build_model("resnet18", CHANNELS[color_mode]).eval()
+
+
+def test_checkpoint_written_on_a_gpu_loads_on_a_cpu(tmp_path, monkeypatch):
+    """Training runs on a GPU; prediction may run on a machine without one: the weights come to the CPU."""
+    with monkeypatch.context() as m:  # tensors tagged as on a GPU, as torch.save writes them there
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        best = checkpoint(tmp_path / "best.pt", train_ids=["a"])
+    state = load_checkpoint(best)
+    expected = trained_model().state_dict()
+    assert state["model"].keys() == expected.keys()
+    for k, v in state["model"].items():
+        assert v.device.type == "cpu" and torch.equal(v, expected[k]), k
+    assert state["train_ids"] == ["a"] and state["config"]["name"] == "m"
+
+
+def test_load_model_restores_the_trained_weights_for_four_channels(tmp_path):
+    state = load_checkpoint(checkpoint(tmp_path / "best.pt", color_mode="rgby", train_ids=["a"]))
+    model, cfg = load_model(state, torch.device("cpu"))
+    assert cfg == state["config"]
+    x = torch.rand(2, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), trained_model("rgby")(x))
+    # channels_last is a GPU speed-up: on the CPU the weights keep their ordinary layout.
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_load_model_puts_the_model_on_the_device(tmp_path):
+    state = load_checkpoint(checkpoint(tmp_path / "best.pt", train_ids=["a"]))
+    model, _ = load_model(state, torch.device("meta"))
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
 class PixelModel(torch.nn.Module):
-    """Logit of class k = input channel 0 at row 0, column k: the output follows the image's orientation."""
+    """Logit of class k = input channel 0 at row 0, column k: the output follows the image's orientation.
+    Records the size of each batch it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(len(x))
         return x[:, 0, 0, :28]
 
 
@@ -121,10 +229,14 @@ def test_each_tta_view_and_tile_known_answer(tmp_path, tta_combine, tile_combine
                      tiling="grid", tile_size=28)
     write_shard(tmp_path / "s.h5", spec, ids, None)
     views = [0, 1, 2, 3, 4, 5, 6, 7]
-    got_ids, probs, per_view = predict_rows(PixelModel(), {"image_size": 28, "color_mode": "gyb"},
-                                            ShardRows.from_files([tmp_path / "s.h5"]), torch.device("cpu"), views,
-                                            tta_combine, tile_combine, batch_size=3, workers=0)
+    model = PixelModel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about on the CPU (e.g. no pinned memory asked for)
+        got_ids, probs, per_view = predict_rows(model, {"image_size": 28, "color_mode": "gyb"},
+                                                ShardRows.from_files([tmp_path / "s.h5"]), torch.device("cpu"),
+                                                views, tta_combine, tile_combine, batch_size=3, workers=0)
     assert got_ids.tolist() == ids
+    assert model.batch_sizes == [3] * 8 + [3] * 8 + [2] * 8  # 8 tiles in batches of 3, each batch in 8 views
     reduce = {"mean": np.mean, "max": np.max}
     for n, i in enumerate(ids):
         tiles = [green[i][y:y + 28, x:x + 28] for y in (0, 28) for x in (0, 28)]
@@ -133,3 +245,55 @@ def test_each_tta_view_and_tile_known_answer(tmp_path, tta_combine, tile_combine
         assert np.allclose(probs[n], reduce[tta_combine](expected_views, axis=0), atol=1e-6)
     # The views and tiles differ, so a shortcut (one view, one tile rule) cannot match by chance.
     assert np.abs(per_view[1] - per_view[0]).max() > 0.05
+
+
+def test_aggregate_tiles_known_answer():
+    """Tiles of one Id, wherever they lie, become one row, in order of first appearance; any leading axes
+    (views) are kept and the result is float32."""
+    ids = np.array(["c", "a", "c", "b", "a", "c"])
+    p = np.array([[0.1, 0.9], [0.4, 0.2], [0.3, 0.5], [0.7, 0.6], [0.8, 0.0], [0.2, 0.4]])  # float64
+    probs = np.stack([p, 1 - p])  # (2 views, 6 tiles, 2 classes)
+    got_ids, mean = aggregate_tiles(ids, probs, "mean")
+    assert got_ids.tolist() == ["c", "a", "b"] and mean.dtype == np.float32
+    assert np.allclose(mean, [[[0.2, 0.6], [0.6, 0.1], [0.7, 0.6]],
+                              [[0.8, 0.4], [0.4, 0.9], [0.3, 0.4]]], atol=1e-7)
+    got_ids, top = aggregate_tiles(ids, probs, "max")
+    assert got_ids.tolist() == ["c", "a", "b"] and top.dtype == np.float32
+    assert np.allclose(top, [[[0.3, 0.9], [0.8, 0.2], [0.7, 0.6]],
+                             [[0.9, 0.6], [0.6, 1.0], [0.3, 0.4]]], atol=1e-7)
+    with pytest.raises(ValueError, match=re.escape("unknown combine 'median' (mean or max)")):
+        aggregate_tiles(ids, probs, "median")
+
+
+def test_an_image_aggregates_the_same_whatever_other_images_share_its_shard():
+    """Bit for bit: an image's tiles are combined the same way alone or among many other images (so the
+    same image in two folds' runs, or in oof and test, gets identical probabilities)."""
+    rng = np.random.default_rng(5)
+    names = [f"im{k:02d}" for k in range(40)]
+    ids = rng.permutation(np.repeat(names, 4))  # 4 tiles each, interleaved
+    probs = rng.random((2, len(ids), 28), dtype=np.float32)
+    got_ids, together = aggregate_tiles(ids, probs, "mean")
+    assert sorted(got_ids) == names
+    for n, name in enumerate(got_ids):
+        mine = ids == name
+        alone_id, alone = aggregate_tiles(ids[mine], probs[:, mine], "mean")
+        assert alone_id.tolist() == [name]
+        assert np.array_equal(together[:, n], alone[:, 0]), name
+
+
+def test_write_predictions_stores_float32_probabilities_and_only_the_parts_given(tmp_path):
+    probs = np.array([[0.25, 0.5], [1 / 3, 0.75]])  # float64
+    labels = np.array([[1, 0], [0, 1]], np.uint8)
+    write_predictions(tmp_path / "p.h5", {
+        "oof": {"ids": np.array(["x", "y"]), "probs": probs, "labels": labels, "views": None},
+        "test": {"ids": [], "probs": np.zeros((0, 2))},  # a part may be empty
+    }, {"model": "m", "fold": 3})
+    with h5py.File(tmp_path / "p.h5") as h5:
+        assert list(h5) == ["oof", "test"] and sorted(h5["oof"]) == ["ids", "labels", "probs"]
+        assert h5["oof/ids"].asstr()[...].tolist() == ["x", "y"]
+        assert h5["oof/probs"].dtype == np.float32 and np.array_equal(h5["oof/probs"][...], probs.astype(np.float32))
+        assert np.array_equal(h5["oof/labels"][...], labels)
+        assert sorted(h5["test"]) == ["ids", "probs"] and h5["test/ids"].shape == (0,)
+        assert h5["test/probs"].shape == (0, 2)
+        assert h5.attrs["model"] == "m" and h5.attrs["fold"] == 3
+    assert [f.name for f in tmp_path.iterdir()] == ["p.h5"]  # written whole, no temporary left behind

@@ -101,11 +101,11 @@ def check_no_leak(state: dict, checkpoint: str | Path, ids: np.ndarray, fold: in
 
 def load_model(state: dict, device: torch.device) -> tuple[torch.nn.Module, dict]:
     cfg = state["config"]
-    model = build_model(cfg["backbone"], CHANNELS[cfg["color_mode"]], pretrained=False)
+    model = build_model(cfg["backbone"], CHANNELS[cfg["color_mode"]])  # not pretrained: weights come next
     model.load_state_dict(state["model"])
-    model = model.to(device)
+    model.to(device)  # Module.to works in place
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)
     return model, cfg
 
 
