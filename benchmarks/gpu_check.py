@@ -38,7 +38,7 @@ from hpaflow.demo import render, sample_label_sets
 from hpaflow.labels import encode
 from hpaflow.layout import COLORS
 from hpaflow.models import build_model
-from hpaflow.predict import predict_probs, run_predict
+from hpaflow.predict import PredictSettings, predict_probs, run_predict
 from hpaflow.runtime import autocast_dtype, pick_device
 from hpaflow.shards import ShardSpec, write_shard
 from hpaflow.thresholds import ThresholdSettings, apply, fit
@@ -72,8 +72,8 @@ def predict_file(best: Path, shards: list[str], folds: str, out: Path, device: s
     """Out-of-fold (fold 1, the one the model was validated on) probabilities and labels through
     run_predict, and its seconds."""
     t0 = time.perf_counter()
-    run_predict(str(best), shards, [], folds, 1, str(out), views=views, tta_combine="mean", tile_combine="mean",
-                save_views=False, batch_size=batch, device_name=device, threads=threads)
+    run_predict(str(best), shards, [], folds, 1, str(out),
+                PredictSettings(views, "mean", "mean", save_views=False, batch_size=batch, device=device, threads=threads))
     seconds = time.perf_counter() - t0
     with h5py.File(out, "r") as h5:
         return h5["oof/probs"][...], h5["oof/labels"][...], seconds

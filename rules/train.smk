@@ -36,8 +36,7 @@ rule predict:
     output:
         "results/predictions/{model}/fold{fold}.h5",
     params:
-        predict=config["predict"],
-        device=config["device"],
+        config=config_keys("predict", "device"),
     log:
         "logs/predict/{model}/fold{fold}.log",
     benchmark:

@@ -57,6 +57,7 @@ def test_every_schema_default_reaches_the_stage():
     from hpaflow.demo import DemoSpec
     from hpaflow.download import FetchSettings
     from hpaflow.ensemble import EnsembleSettings
+    from hpaflow.predict import PredictSettings
     from hpaflow.train import TrainConfig
 
     schema = yaml.safe_load(SCHEMA.read_text())["properties"]
@@ -80,6 +81,10 @@ def test_every_schema_default_reaches_the_stage():
                                     "at_least_one": th["at_least_one"]}
     assert ensemble.methods == list(dict.fromkeys([*th["methods"], th["final"]]))
     assert (ensemble.weights, ensemble.weight_step) == (ens["weights"], ens["weight_step"])
+    pred, predict = schema_defaults(schema["predict"]), PredictSettings.from_config(cfg, threads=2)
+    assert vars(predict) == {"views": pred["tta_views"], "tta_combine": pred["tta_combine"],
+                             "tile_combine": pred["tile_combine"], "save_views": pred["save_views"],
+                             "batch_size": pred["batch_size"], "device": schema["device"]["default"], "threads": 2}
 
 
 def test_config_readme_is_generated_from_the_schema():

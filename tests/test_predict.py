@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -15,13 +16,22 @@ import torch
 
 from hpaflow.data import ShardRows
 from hpaflow.models import build_model
-from hpaflow.predict import (LeakError, aggregate_tiles, check_no_leak, load_checkpoint, load_model, predict_rows,
-                             run_predict, write_predictions)
+from hpaflow.predict import (
+    LeakError,
+    PredictSettings,
+    aggregate_tiles,
+    check_no_leak,
+    load_checkpoint,
+    load_model,
+    predict_rows,
+    run_predict,
+    write_predictions,
+)
 from hpaflow.shards import ShardSpec, write_shard
 from hpaflow.transforms import CHANNELS, MEAN, STD
 
-PREDICT = dict(views=[0, 3, 6], tta_combine="max", tile_combine="mean", save_views=True, batch_size=3,
-               device_name="cpu", threads=1)
+PREDICT = PredictSettings(views=[0, 3, 6], tta_combine="max", tile_combine="mean", save_views=True, batch_size=3,
+                          device="cpu", threads=1)
 
 
 def tiled_shards(tmp_path):
@@ -49,7 +59,7 @@ def checkpoint(path, color_mode="gyb", **extra):
 def predict(tmp_path, best, fold):
     out = tmp_path / "pred.h5"
     run_predict(best, [str(tmp_path / "train.h5")], [str(tmp_path / "test.h5")], str(tmp_path / "folds.csv"),
-                fold, str(out), **PREDICT)
+                fold, str(out), PREDICT)
     return out
 
 
@@ -79,7 +89,7 @@ def test_without_test_shards_only_out_of_fold_rows_are_written_and_views_only_on
     out = tmp_path / "pred.h5"
     run_predict(checkpoint(tmp_path / "best.pt", train_ids=["b", "c"]), [str(tmp_path / "train.h5")], [],
                 str(tmp_path / "folds.csv"), 0, str(out),
-                **{**PREDICT, "save_views": False, "tta_combine": "mean", "tile_combine": "max"})
+                replace(PREDICT, save_views=False, tta_combine="mean", tile_combine="max"))
     with h5py.File(out) as h5:
         assert list(h5) == ["oof"]
         assert sorted(h5["oof"]) == ["ids", "labels", "probs"]  # no views

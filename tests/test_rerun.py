@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY, copy_workflow, kill_snakemake_when, run_snakemake, write_config
-from hpaflow.predict import LeakError, run_predict
+from hpaflow.predict import LeakError, PredictSettings, run_predict
 
 # Train datasets only: an out-of-fold run, whose default target ends with metrics.json and the report.
 NO_TEST = {**TINY, "datasets": [d for d in TINY["datasets"] if d["role"] == "train"],
@@ -67,8 +67,7 @@ def test_changed_folds_or_labels_retrain_from_scratch(tmp_path, umask_022):
     assert leaked  # the stale model was trained on part of the new fold 0 ...
     with pytest.raises(LeakError, match=f"was trained on {len(leaked)} Id"):  # ... and predict refuses it
         run_predict(str(stale), train_shards(wf), [], str(wf / "results/folds.csv"), 0, str(tmp_path / "p.h5"),
-                    views=[0], tta_combine="mean", tile_combine="mean", save_views=False, batch_size=8,
-                    device_name="cpu", threads=1)
+                    PredictSettings([0], "mean", "mean", save_views=False, batch_size=8, device="cpu", threads=1))
     assert not (tmp_path / "p.h5").exists()
 
     # A corrected label: the shard is rebuilt and the model trained afresh on the new labels.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -132,29 +133,49 @@ def write_predictions(path: str | Path, parts: dict[str, dict], attrs: dict) -> 
         h5.attrs.update(attrs)
 
 
+@dataclass(frozen=True)
+class PredictSettings:
+    """One predict job's settings; defaults live in the config schema only (from_config)."""
+
+    views: list[int]  # TTA views (transforms: dihedral group)
+    tta_combine: str
+    tile_combine: str
+    save_views: bool
+    batch_size: int
+    device: str
+    threads: int
+
+    @classmethod
+    def from_config(cls, config: dict, threads: int) -> PredictSettings:
+        p = config["predict"]
+        return cls(p["tta_views"], p["tta_combine"], p["tile_combine"], p["save_views"], p["batch_size"],
+                   config["device"], threads)
+
+
 def run_predict(checkpoint: str, train_shards: list[str], test_shards: list[str], folds_csv: str, fold: int,
-                out: str, views: list[int], tta_combine: str, tile_combine: str, save_views: bool,
-                batch_size: int, device_name: str, threads: int) -> None:
-    torch.set_num_threads(max(1, threads))
-    device = pick_device(device_name)
+                out: str, settings: PredictSettings) -> None:
+    s = settings
+    views, tta_combine, tile_combine = s.views, s.tta_combine, s.tile_combine
+    torch.set_num_threads(max(1, s.threads))
+    device = pick_device(s.device)
     state = load_checkpoint(checkpoint)
     rows = ShardRows.from_files(train_shards)
     val = rows.subset(fold_of(rows, folds_csv) == fold)
     check_no_leak(state, checkpoint, val.ids, fold)
     model, cfg = load_model(state, device)
-    workers = max(0, threads - 1)
+    workers = max(0, s.threads - 1)
     parts = {}
     for name, r in [("oof", val), ("test", ShardRows.from_files(test_shards) if test_shards else None)]:
         if r is None:
             continue
         log.info("%s: %d rows, TTA views %s (%s), tiles %s", name, len(r), views, tta_combine, tile_combine)
         ids, probs, per_view = predict_rows(model, cfg, r, device, views, tta_combine, tile_combine,
-                                            batch_size, workers)
+                                            s.batch_size, workers)
         labels = None
         if r.labels is not None:
             _, first = np.unique(r.ids, return_index=True)
             lab = dict(zip(r.ids[first], r.labels[first]))
             labels = np.stack([lab[i] for i in ids])
-        parts[name] = {"ids": ids, "probs": probs, "labels": labels, "views": per_view if save_views else None}
+        parts[name] = {"ids": ids, "probs": probs, "labels": labels, "views": per_view if s.save_views else None}
     write_predictions(out, parts, {"model": cfg["name"], "fold": fold, "views": list(views),
                                    "tta_combine": tta_combine, "tile_combine": tile_combine})
