@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
+from . import h5names as h5n
 from .labels import NUM_CLASSES
 from .transforms import IDENTITY, resize, sample_params
 
@@ -32,9 +33,9 @@ class ShardRows:
         fi, rows, ids, labels = [], [], [], []
         for k, f in enumerate(files):
             with h5py.File(f, "r") as h5:
-                n = h5["ids"].shape[0]
-                ids.append(h5["ids"].asstr()[...])
-                labels.append(h5["labels"][...] if "labels" in h5 else None)
+                n = h5[h5n.IDS].shape[0]
+                ids.append(h5[h5n.IDS].asstr()[...])
+                labels.append(h5[h5n.LABELS][...] if h5n.LABELS in h5 else None)
             fi.append(np.full(n, k, np.int32))
             rows.append(np.arange(n, dtype=np.int32))
         has = [x is not None for x in labels]
@@ -89,7 +90,7 @@ class ShardDataset(Dataset):
         k = int(self.rows.file_index[i])
         if k not in self._handles:
             self._handles[k] = h5py.File(self.rows.files[k], "r")
-        return self._handles[k]["images"][int(self.rows.row[i])]
+        return self._handles[k][h5n.IMAGES][int(self.rows.row[i])]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = resize(self.read(i), self.size)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import h5names as h5n
 from .files import atomic_path
 from .labels import CLASS_NAMES
 from .metrics import macro_f1
@@ -130,7 +131,7 @@ def run_ensemble(model_files: dict[str, str], settings: EnsembleSettings, out_h5
 
     t_final = ens_eval["thresholds"]
     save_predictions(ens, out_h5, {"weights": weights, "final_method": final.method},
-                     {"thresholds": t_final, "oof_pred_cross_fitted": ens_eval["cross_fitted_pred"]})
+                     {h5n.THRESHOLDS: t_final, h5n.OOF_PRED_CROSS_FITTED: ens_eval["cross_fitted_pred"]})
     with atomic_path(out_thresholds) as tmp:
         pd.DataFrame({"class": range(len(CLASS_NAMES)), "name": CLASS_NAMES, "threshold": t_final}).to_csv(
             tmp, index=False)

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import h5names as h5n  # noqa: E402
 from .files import atomic_path  # noqa: E402
 from .labels import CLASS_NAMES  # noqa: E402
 from .summary import load_predictions  # noqa: E402
@@ -63,7 +64,7 @@ def threshold_curves(ensemble_h5: str | Path, path: str | Path, n: int = 4) -> N
     """F1 against the threshold for the most frequent classes and the rarest present one, with the fitted value."""
     p = load_predictions(ensemble_h5)
     with h5py.File(ensemble_h5, "r") as h5:
-        t_final = h5["thresholds"][...]
+        t_final = h5[h5n.THRESHOLDS][...]
     counts = p.labels.sum(0)
     order = [c for c in np.argsort(-counts) if counts[c] > 0]
     classes = order[: n - 1] + order[-1:] if len(order) >= n else order
@@ -98,11 +99,11 @@ def image_grid(ensemble_h5: str | Path, shard_files: list[str], path: str | Path
     """Out-of-fold images (R, G, B as shown; yellow added to red and green) with true and predicted labels."""
     p = load_predictions(ensemble_h5)
     with h5py.File(ensemble_h5, "r") as h5:
-        pred = h5["oof_pred_cross_fitted"][...]
+        pred = h5[h5n.OOF_PRED_CROSS_FITTED][...]
     where = {}
     for f in shard_files:
         with h5py.File(f, "r") as h5:
-            for row, i in enumerate(h5["ids"].asstr()[...]):
+            for row, i in enumerate(h5[h5n.IDS].asstr()[...]):
                 where.setdefault(i, (f, row))
     pick = np.random.default_rng(seed).choice(len(p.oof_ids), min(n, len(p.oof_ids)), replace=False)
     cols = 4
@@ -113,7 +114,7 @@ def image_grid(ensemble_h5: str | Path, shard_files: list[str], path: str | Path
     for ax, i in zip(axes.flat, pick):
         f, row = where[p.oof_ids[i]]
         with h5py.File(f, "r") as h5:
-            rgby = h5["images"][row].astype(np.float32)
+            rgby = h5[h5n.IMAGES][row].astype(np.float32)
         r, g, b, y = (rgby[..., k] for k in range(4))
         ax.imshow(np.clip(np.stack([r + y / 2, g + y / 2, b], -1) / 255, 0, 1))
         true = " ".join(map(str, np.flatnonzero(p.labels[i])))

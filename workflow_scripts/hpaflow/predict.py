@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from . import h5names as h5n
 from .augment import dihedral_batch, prepare_batch
 from .data import ShardDataset, ShardRows, fold_of
 from .files import atomic_path
@@ -125,9 +126,9 @@ def write_predictions(path: str | Path, parts: dict[str, dict], attrs: dict) -> 
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         for name, part in parts.items():
             g = h5.create_group(name)
-            g.create_dataset("ids", data=np.asarray(part["ids"], dtype=object), dtype=h5py.string_dtype())
-            g.create_dataset("probs", data=part["probs"].astype(np.float32))
-            for key in ("labels", "views"):
+            g.create_dataset(h5n.IDS, data=np.asarray(part[h5n.IDS], dtype=object), dtype=h5py.string_dtype())
+            g.create_dataset(h5n.PROBS, data=part[h5n.PROBS].astype(np.float32))
+            for key in (h5n.LABELS, h5n.VIEWS):
                 if part.get(key) is not None:
                     g.create_dataset(key, data=part[key])
         h5.attrs.update(attrs)
@@ -165,7 +166,7 @@ def run_predict(checkpoint: str, train_shards: list[str], test_shards: list[str]
     model, cfg = load_model(state, device)
     workers = max(0, s.threads - 1)
     parts = {}
-    for name, r in [("oof", val), ("test", ShardRows.from_files(test_shards) if test_shards else None)]:
+    for name, r in [(h5n.OOF, val), (h5n.TEST, ShardRows.from_files(test_shards) if test_shards else None)]:
         if r is None:
             continue
         log.info("%s: %d rows, TTA views %s (%s), tiles %s", name, len(r), views, tta_combine, tile_combine)
@@ -176,6 +177,6 @@ def run_predict(checkpoint: str, train_shards: list[str], test_shards: list[str]
             _, first = np.unique(r.ids, return_index=True)
             lab = dict(zip(r.ids[first], r.labels[first]))
             labels = np.stack([lab[i] for i in ids])
-        parts[name] = {"ids": ids, "probs": probs, "labels": labels, "views": per_view if s.save_views else None}
+        parts[name] = {h5n.IDS: ids, h5n.PROBS: probs, h5n.LABELS: labels, h5n.VIEWS: per_view if s.save_views else None}
     write_predictions(out, parts, {"model": cfg["name"], "fold": fold, "views": list(views),
                                    "tta_combine": tta_combine, "tile_combine": tile_combine})

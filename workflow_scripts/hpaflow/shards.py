@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import h5names as h5n
 from .files import atomic_path
 from .io import ImageError, Uint16Scaling, read_rgby
 from .labels import NUM_CLASSES
@@ -84,7 +85,7 @@ def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.nda
     progress = Progress(len(ids), f"shard {spec.dataset}/{shard_index}", "images", log=log)
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as h5:
-            images = h5.create_dataset("images", (n_rows, s, s, 4), np.uint8,
+            images = h5.create_dataset(h5n.IMAGES, (n_rows, s, s, 4), np.uint8,
                                        chunks=(1, s, s, 4), **COMPRESSIONS[spec.compression])
             origin = np.zeros((n_rows, 2), np.int32)
             # Rows go to HDF5 in blocks: one write call per image costs more than the copy.
@@ -127,10 +128,10 @@ def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.nda
             repeat = spec.tiles_per_image
             row_ids = np.repeat(np.array(ids, dtype=object), repeat)
             row_labels = None if labels is None else np.repeat(labels.astype(np.uint8), repeat, axis=0)
-            h5.create_dataset("ids", data=row_ids, dtype=h5py.string_dtype())
-            h5.create_dataset("tile_origin", data=origin)
+            h5.create_dataset(h5n.IDS, data=row_ids, dtype=h5py.string_dtype())
+            h5.create_dataset(h5n.TILE_ORIGIN, data=origin)
             if row_labels is not None:
-                h5.create_dataset("labels", data=row_labels)
+                h5.create_dataset(h5n.LABELS, data=row_labels)
             h5.attrs.update({
                 DIGEST_ATTR: finish_digest(digest, row_ids, origin, row_labels),
                 "channel_order": "RGBY", "image_size": spec.image_size, "tile_size": s,
@@ -155,11 +156,11 @@ def shard_digest(path: str | Path) -> str:
         if DIGEST_ATTR in h5.attrs:
             return str(h5.attrs[DIGEST_ATTR])
         digest = hashlib.sha256()
-        images = h5["images"]
+        images = h5[h5n.IMAGES]
         for start in range(0, len(images), WRITE_BLOCK):
             digest.update(np.ascontiguousarray(images[start:start + WRITE_BLOCK]).data)
-        labels = h5["labels"][...] if "labels" in h5 else None
-        return finish_digest(digest, h5["ids"].asstr()[...], h5["tile_origin"][...], labels)
+        labels = h5[h5n.LABELS][...] if h5n.LABELS in h5 else None
+        return finish_digest(digest, h5[h5n.IDS].asstr()[...], h5[h5n.TILE_ORIGIN][...], labels)
 
 
 @dataclass
@@ -175,9 +176,9 @@ def read_shard(path: str | Path) -> Shard:
     """Whole shard into memory (tests, small data); training reads rows lazily instead."""
     with h5py.File(path, "r") as h5:
         return Shard(
-            images=h5["images"][...],
-            ids=h5["ids"].asstr()[...],
-            tile_origin=h5["tile_origin"][...],
-            labels=h5["labels"][...] if "labels" in h5 else None,
+            images=h5[h5n.IMAGES][...],
+            ids=h5[h5n.IDS].asstr()[...],
+            tile_origin=h5[h5n.TILE_ORIGIN][...],
+            labels=h5[h5n.LABELS][...] if h5n.LABELS in h5 else None,
             attrs=dict(h5.attrs),
         )

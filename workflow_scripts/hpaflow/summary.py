@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from . import h5names as h5n
 from .files import atomic_path
 from .labels import CLASS_NAMES
 from .metrics import f1_per_class, macro_f1_at
@@ -46,18 +47,18 @@ def assemble_model(fold_files: list[str], folds_csv: str) -> Predictions:
     for f in fold_files:
         with h5py.File(f, "r") as h5:
             fold = int(h5.attrs["fold"])
-            ids = _str(h5["oof/ids"])
+            ids = _str(h5[h5n.OOF][h5n.IDS])
             expected = set(table.loc[table["fold"] == fold, "Id"])
             if set(ids) != expected:
                 raise ValueError(f"{f}: out-of-fold Ids are not those of fold {fold} in {folds_csv}")
-            for i, p, y in zip(ids, h5["oof/probs"][...], h5["oof/labels"][...]):
+            for i, p, y in zip(ids, h5[h5n.OOF][h5n.PROBS][...], h5[h5n.OOF][h5n.LABELS][...]):
                 oof[i] = (p, y, fold)
-            if "test" in h5:
-                t_ids = _str(h5["test/ids"])
+            if h5n.TEST in h5:
+                t_ids = _str(h5[h5n.TEST][h5n.IDS])
                 if test_ids is not None and not np.array_equal(t_ids, test_ids):
                     raise ValueError(f"{f}: test Ids differ from the other folds' files")
                 test_ids = t_ids
-                test_probs.append(h5["test/probs"][...])
+                test_probs.append(h5[h5n.TEST][h5n.PROBS][...])
     missing = [i for i in table["Id"] if i not in oof]
     if missing:
         raise ValueError(f"no out-of-fold prediction for {len(missing)} train Id(s), e.g. {missing[0]!r}")
@@ -74,9 +75,9 @@ def assemble_model(fold_files: list[str], folds_csv: str) -> Predictions:
 
 def save_predictions(p: Predictions, path: str | Path, attrs: dict | None = None, extra: dict | None = None) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-        for name in ("oof_ids", "test_ids"):
+        for name in h5n.SUMMARY_STRINGS:
             h5.create_dataset(name, data=np.asarray(getattr(p, name), dtype=object), dtype=h5py.string_dtype())
-        for name in ("oof_probs", "labels", "folds", "test_probs"):
+        for name in h5n.SUMMARY_ARRAYS:
             h5.create_dataset(name, data=getattr(p, name))
         for k, v in (extra or {}).items():
             h5.create_dataset(k, data=v)
@@ -85,8 +86,8 @@ def save_predictions(p: Predictions, path: str | Path, attrs: dict | None = None
 
 def load_predictions(path: str | Path) -> Predictions:
     with h5py.File(path, "r") as h5:
-        return Predictions(_str(h5["oof_ids"]), h5["oof_probs"][...], h5["labels"][...], h5["folds"][...],
-                           _str(h5["test_ids"]), h5["test_probs"][...])
+        return Predictions(**{k: _str(h5[k]) for k in h5n.SUMMARY_STRINGS},
+                           **{k: h5[k][...] for k in h5n.SUMMARY_ARRAYS})
 
 
 def prior_baseline_f1(train_rate: np.ndarray, true_rate: np.ndarray) -> float:
