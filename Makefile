@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
 	$(VENV)/bin/python -m pip install -q --no-deps -e .  # hpaflow, as tests and benchmarks import it
-	$(VENV)/bin/python -c "import torch, torchvision, snakemake, h5py, cv2, iterstrat, imagecodecs"
+	$(VENV)/bin/python -c "import torch, torchvision, snakemake, h5py, cv2, iterstrat, imagecodecs, snakefmt"
 	touch $@
 
 demo: venv
@@ -31,9 +31,11 @@ test-quick: venv  # everything but the full demo run
 mutation: venv  # mutation testing of the modules whose maths decides the results (not in CI: see README)
 	$(VENV)/bin/python tests/mutation.py
 
-lint: venv
+lint: venv  # style settings (one line length) in pyproject.toml
 	$(SNAKEMAKE) --lint
+	$(VENV)/bin/snakefmt --check Snakefile rules
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 config-readme: venv  # config/README.md from the schema (tests/test_config.py checks they agree)
 	cd workflow_scripts && ../$(VENV)/bin/python -m hpaflow.config ../config/schemas/config.schema.yaml > ../config/README.md

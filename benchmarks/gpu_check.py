@@ -67,26 +67,53 @@ def demo_shards(tmp: Path, n: int, size: int) -> tuple[list[str], str]:
     return [str(shard)], str(folds)
 
 
-def predict_file(best: Path, shards: list[str], folds: str, out: Path, device: str, views: list[int],
-                 batch: int, threads: int) -> tuple[np.ndarray, np.ndarray, float]:
+def predict_file(
+    best: Path, shards: list[str], folds: str, out: Path, device: str, views: list[int], batch: int, threads: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Out-of-fold (fold 1, the one the model was validated on) probabilities and labels through
     run_predict, and its seconds."""
     t0 = time.perf_counter()
-    run_predict(str(best), shards, [], folds, 1, str(out),
-                PredictSettings(views, "mean", "mean", save_views=False, batch_size=batch, device=device, threads=threads))
+    run_predict(
+        str(best),
+        shards,
+        [],
+        folds,
+        1,
+        str(out),
+        PredictSettings(views, "mean", "mean", save_views=False, batch_size=batch, device=device, threads=threads),
+    )
     seconds = time.perf_counter() - t0
     with h5py.File(out, "r") as h5:
         return h5["oof/probs"][...], h5["oof/labels"][...], seconds
 
 
-def train_and_compare(tmp: Path, device: str, n: int, size: int, epochs: int, batch: int, threads: int,
-                      views: list[int]) -> dict:
+def train_and_compare(
+    tmp: Path, device: str, n: int, size: int, epochs: int, batch: int, threads: int, views: list[int]
+) -> dict:
     """(a) and (b): train on `device`, predict there and on the CPU in fp32, compare."""
     shards, folds = demo_shards(tmp, n, size)
-    cfg = TrainConfig(name="check", backbone="resnet18", fold=1, image_size=size, color_mode="gyb", pretrained=False,
-                      pretrained_dir="pretrained", epochs=epochs, batch_size=batch, lr=2e-3, weight_decay=1e-4,
-                      optimizer="adamw", scheduler="cosine", loss="bce", sampler="uniform", augment=True, seed=0,
-                      device=device, threads=threads, visdom={})
+    cfg = TrainConfig(
+        name="check",
+        backbone="resnet18",
+        fold=1,
+        image_size=size,
+        color_mode="gyb",
+        pretrained=False,
+        pretrained_dir="pretrained",
+        epochs=epochs,
+        batch_size=batch,
+        lr=2e-3,
+        weight_decay=1e-4,
+        optimizer="adamw",
+        scheduler="cosine",
+        loss="bce",
+        sampler="uniform",
+        augment=True,
+        seed=0,
+        device=device,
+        threads=threads,
+        visdom={},
+    )
     t0 = time.perf_counter()
     result = train(cfg, shards, folds, tmp / "model")
     train_s = time.perf_counter() - t0
@@ -96,19 +123,27 @@ def train_and_compare(tmp: Path, device: str, n: int, size: int, epochs: int, ba
     t = fit(y, p_dev, ThresholdSettings("per_class", 0.0, 0, True))
     agree = apply(p_dev, t) == apply(p_cpu, t)
     return {
-        "train": {"device": device, "precision": str(autocast_dtype(torch.device(device)) or "float32"),
-                  "images": n // 2, "epochs": epochs, "seconds": round(train_s, 1),
-                  "best_val_f1": round(result["best_f1"], 4),
-                  "images_per_s_last_epoch": round(result["history"][-1]["images_per_s"], 1)},
+        "train": {
+            "device": device,
+            "precision": str(autocast_dtype(torch.device(device)) or "float32"),
+            "images": n // 2,
+            "epochs": epochs,
+            "seconds": round(train_s, 1),
+            "best_val_f1": round(result["best_f1"], 4),
+            "images_per_s_last_epoch": round(result["history"][-1]["images_per_s"], 1),
+        },
         "predict": {"views": views, "rows": len(y), "seconds_device": round(dev_s, 2), "seconds_cpu": round(cpu_s, 2)},
-        "cpu_vs_device": {"max_abs_prob_diff": float(np.abs(p_dev - p_cpu).max()),
-                          "label_agreement": float(agree.mean()),
-                          "rows_identical": float(agree.all(1).mean())},
+        "cpu_vs_device": {
+            "max_abs_prob_diff": float(np.abs(p_dev - p_cpu).max()),
+            "label_agreement": float(agree.mean()),
+            "rows_identical": float(agree.all(1).mean()),
+        },
     }
 
 
-def predict_rates(backbones: list[str], size: int, n: int, batch: int, workers: int, device: torch.device,
-                  views: list[int]) -> list[dict]:
+def predict_rates(
+    backbones: list[str], size: int, n: int, batch: int, workers: int, device: torch.device, views: list[int]
+) -> list[dict]:
     """(d): images/s of predict_probs (TTA views, autocast as in predict) over a real shard loader."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,54 +153,82 @@ def predict_rates(backbones: list[str], size: int, n: int, batch: int, workers: 
             model = build_model(backbone, CHANNELS["gyb"], pretrained=False).to(device)
             if device.type == "cuda":
                 model = model.to(memory_format=torch.channels_last)
-            dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers,
-                                             pin_memory=device.type == "cuda")
+            dl = torch.utils.data.DataLoader(
+                ds, batch_size=batch, num_workers=workers, pin_memory=device.type == "cuda"
+            )
             predict_probs(model, dl, device, "gyb", tuple(views))  # warm-up: cuDNN autotuning, workers
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             predict_probs(model, dl, device, "gyb", tuple(views))
             seconds = time.perf_counter() - t0
-            rows.append({"backbone": backbone, "size": size, "views": len(views), "images": n,
-                         "images_per_s": round(n / seconds, 1), "views_per_s": round(n * len(views) / seconds, 1)})
+            rows.append(
+                {
+                    "backbone": backbone,
+                    "size": size,
+                    "views": len(views),
+                    "images": n,
+                    "images_per_s": round(n / seconds, 1),
+                    "views_per_s": round(n * len(views) / seconds, 1),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def run_checks(device: torch.device, quick: bool) -> dict:
-    small = dict(n=24, size=32, epochs=1, batch=8, threads=1, views=[0, 5]) if quick else \
-        dict(n=512, size=64, epochs=2, batch=32, threads=8, views=TTA)
-    big = dict(size=32, batch=4, steps=1, warmup=1, workers=0) if quick else \
-        dict(size=512, batch=32, steps=20, warmup=5, workers=8)
+    small = (
+        dict(n=24, size=32, epochs=1, batch=8, threads=1, views=[0, 5])
+        if quick
+        else dict(n=512, size=64, epochs=2, batch=32, threads=8, views=TTA)
+    )
+    big = (
+        dict(size=32, batch=4, steps=1, warmup=1, workers=0)
+        if quick
+        else dict(size=512, batch=32, steps=20, warmup=5, workers=8)
+    )
     backbones = ["resnet18"] if quick else BACKBONES
-    out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-           "torch": torch.__version__}
+    out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         out.update(train_and_compare(Path(tmp), device.type, **small))
     precisions = [("fp32", None), ("bf16", torch.bfloat16)] if device.type == "cuda" else [("fp32", None)]
-    out["train_step"] = step_rates(backbones, big["size"], big["batch"], big["steps"], big["warmup"], big["workers"],
-                                   device, precisions=precisions)
-    out["predict_tta"] = predict_rates(backbones, big["size"], 4 * big["batch"], 2 * big["batch"], big["workers"],
-                                       device, small["views"] if quick else TTA)
+    out["train_step"] = step_rates(
+        backbones, big["size"], big["batch"], big["steps"], big["warmup"], big["workers"], device, precisions=precisions
+    )
+    out["predict_tta"] = predict_rates(
+        backbones,
+        big["size"],
+        4 * big["batch"],
+        2 * big["batch"],
+        big["workers"],
+        device,
+        small["views"] if quick else TTA,
+    )
     return out
 
 
 def table(r: dict) -> str:
     t, p, c = r["train"], r["predict"], r["cpu_vs_device"]
-    lines = [f"GPU check on {r['device']} (torch {r['torch']})",
-             f"(a) train resnet18 {t['images']} img x {t['epochs']} epochs on {t['device']} ({t['precision']}): "
-             f"{t['seconds']} s, {t['images_per_s_last_epoch']} img/s, best val macro F1 {t['best_val_f1']}; "
-             f"predict {p['rows']} rows x {len(p['views'])} TTA views: {p['seconds_device']} s "
-             f"(CPU fp32 {p['seconds_cpu']} s)",
-             f"(b) CPU fp32 vs {t['device']}: max |p diff| {c['max_abs_prob_diff']:.2e}, label agreement "
-             f"{c['label_agreement']:.5f}, identical rows {c['rows_identical']:.4f}",
-             "(c) train step img/s      precision   in memory   loader   loader/mem"]
-    lines += [f"    {s['backbone']:<20}{s['precision']:<12}{s['in_memory_img_s']:>10}{s['loader_img_s']:>9}"
-              f"{s['loader_fraction']:>12}  ({s['size']} px, batch {s['batch']}, {s['workers']} workers)"
-              for s in r["train_step"]]
+    lines = [
+        f"GPU check on {r['device']} (torch {r['torch']})",
+        f"(a) train resnet18 {t['images']} img x {t['epochs']} epochs on {t['device']} ({t['precision']}): "
+        f"{t['seconds']} s, {t['images_per_s_last_epoch']} img/s, best val macro F1 {t['best_val_f1']}; "
+        f"predict {p['rows']} rows x {len(p['views'])} TTA views: {p['seconds_device']} s "
+        f"(CPU fp32 {p['seconds_cpu']} s)",
+        f"(b) CPU fp32 vs {t['device']}: max |p diff| {c['max_abs_prob_diff']:.2e}, label agreement "
+        f"{c['label_agreement']:.5f}, identical rows {c['rows_identical']:.4f}",
+        "(c) train step img/s      precision   in memory   loader   loader/mem",
+    ]
+    lines += [
+        f"    {s['backbone']:<20}{s['precision']:<12}{s['in_memory_img_s']:>10}{s['loader_img_s']:>9}"
+        f"{s['loader_fraction']:>12}  ({s['size']} px, batch {s['batch']}, {s['workers']} workers)"
+        for s in r["train_step"]
+    ]
     lines.append("(d) predict with TTA       img/s   views/s")
-    lines += [f"    {s['backbone']:<20}{s['images_per_s']:>8}{s['views_per_s']:>10}  "
-              f"({s['size']} px, {s['views']} views)" for s in r["predict_tta"]]
+    lines += [
+        f"    {s['backbone']:<20}{s['images_per_s']:>8}{s['views_per_s']:>10}  ({s['size']} px, {s['views']} views)"
+        for s in r["predict_tta"]
+    ]
     return "\n".join(lines)
 
 

@@ -83,8 +83,12 @@ def bench_preprocess(tmp: Path, n: int) -> dict:
         floor = rate(n, decode_floor, d, ids, fmt, repeat=2)
         spec = ShardSpec("bench", fmt, str(d), "train", 512)
         shard = rate(n, write_shard, tmp / f"{fmt}.h5", spec, ids, labels, repeat=2)
-        out[fmt] = {"source_side": side, "decode_floor_img_s": round(floor, 1), "shard_img_s": round(shard, 1),
-                    "ratio": round(shard / floor, 3)}
+        out[fmt] = {
+            "source_side": side,
+            "decode_floor_img_s": round(floor, 1),
+            "shard_img_s": round(shard, 1),
+            "ratio": round(shard / floor, 3),
+        }
     return out
 
 
@@ -139,8 +143,10 @@ def bench_loader(tmp: Path, n: int) -> dict:
             h5.create_dataset("images", data=images, chunks=(1,) + images.shape[1:], **kw)
         with h5py.File(p, "r", rdcc_nbytes=0) as h5:  # no chunk cache: every read decodes
             ds = h5["images"]
-            codecs[name] = {"read_img_s": round(rate(len(order), read_all, ds, order, repeat=3), 1),
-                            "mb_per_img": round(os.path.getsize(p) / len(images) / 1e6, 3)}
+            codecs[name] = {
+                "read_img_s": round(rate(len(order), read_all, ds, order, repeat=3), 1),
+                "mb_per_img": round(os.path.getsize(p) / len(images) / 1e6, 3),
+            }
     out["codecs"] = codecs
     return out
 
@@ -166,8 +172,11 @@ def full_scale_csvs(d: Path) -> None:
             shutil.copy(shared / n, d / n)
         return
     rng = np.random.default_rng(0)
-    for name, rows, col in [("train.csv", 31072, "Target"), ("sample_submission.csv", 11702, "Predicted"),
-                            ("HPAv18RBGY_wodpl.csv", 74606, "Target")]:
+    for name, rows, col in [
+        ("train.csv", 31072, "Target"),
+        ("sample_submission.csv", 11702, "Predicted"),
+        ("HPAv18RBGY_wodpl.csv", 74606, "Target"),
+    ]:
         lines = [f"id{name[:3]}{i},{rng.integers(28) if col == 'Target' else 0}" for i in range(rows)]
         (d / name).write_text(f"Id,{col}\n" + "\n".join(lines) + "\n")
 
@@ -182,11 +191,17 @@ def bench_dryrun(tmp: Path) -> dict:
     for name in ["Snakefile", "rules", "workflow_scripts", "config", "envs"]:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, demo / name)
-    subprocess.run([sys.executable, "-m", "snakemake", "demo_data", "--cores", "1", "--quiet", "all"], cwd=demo,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "snakemake", "demo_data", "--cores", "1", "--quiet", "all"],
+        cwd=demo,
+        check=True,
+        capture_output=True,
+    )
     out = {}
-    for label, args in [("fullscale", ["--configfile", "config/hpa_kaggle.yaml", "--config", f"data_root={data}"]),
-                        ("demo", [])]:
+    for label, args in [
+        ("fullscale", ["--configfile", "config/hpa_kaggle.yaml", "--config", f"data_root={data}"]),
+        ("demo", []),
+    ]:
         best = float("inf")
         for _ in range(2):
             t0 = time.perf_counter()
@@ -199,9 +214,27 @@ def bench_dryrun(tmp: Path) -> dict:
 def bench_train_step(quick: bool) -> list[dict]:
     out = Path(tempfile.mkdtemp()) / "train_step.json"
     size, steps = ("64", "4") if quick else ("128", "6")
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--size", size, "--batch", "16",
-                    "--steps", steps, "--warmup", "2", "--backbones", "resnet18", "se_resnet50", "--out", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "train_step.py"),
+            "--size",
+            size,
+            "--batch",
+            "16",
+            "--steps",
+            steps,
+            "--warmup",
+            "2",
+            "--backbones",
+            "resnet18",
+            "se_resnet50",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return json.loads(out.read_text())
 
 
@@ -240,23 +273,32 @@ def main() -> None:
 def print_table(res: dict) -> None:
     print(f"\nbenchmarks ({res['images']} images per preprocessing run, {res['cpus']} CPUs)")
     for fmt, r in res.get("preprocess", {}).items():
-        print(f"  preprocess {fmt:<5} {r['source_side']:>5} px -> 512: shard {r['shard_img_s']:>7} img/s, "
-              f"decode floor {r['decode_floor_img_s']:>7} img/s, ratio {r['ratio']:.2f} (goal >= 0.85)")
+        print(
+            f"  preprocess {fmt:<5} {r['source_side']:>5} px -> 512: shard {r['shard_img_s']:>7} img/s, "
+            f"decode floor {r['decode_floor_img_s']:>7} img/s, ratio {r['ratio']:.2f} (goal >= 0.85)"
+        )
     if "loader" in res:
         r = res["loader"]
-        print(f"  loader: shards {r['ours_samples_s']} samples/s vs 4 PNGs per sample {r['png_samples_s']} "
-              f"samples/s per worker: {r['speedup']:.1f}x (goal >= 8x)")
+        print(
+            f"  loader: shards {r['ours_samples_s']} samples/s vs 4 PNGs per sample {r['png_samples_s']} "
+            f"samples/s per worker: {r['speedup']:.1f}x (goal >= 8x)"
+        )
         for name, c in r["codecs"].items():
             print(f"    codec {name:<5} random reads {c['read_img_s']:>8} img/s, {c['mb_per_img']} MB/img")
     if "thresholds_seconds" in res:
         t = res["thresholds_seconds"]
-        print("  per-class thresholds on N x 28: " + ", ".join(f"{k:,}: {v} s" for k, v in t.items())
-              + " (goal < 1 s at 100,000)")
+        print(
+            "  per-class thresholds on N x 28: "
+            + ", ".join(f"{k:,}: {v} s" for k, v in t.items())
+            + " (goal < 1 s at 100,000)"
+        )
     if "dryrun" in res:
         print(f"  snakemake -n: full scale {res['dryrun']['fullscale']} s, demo {res['dryrun']['demo']} s")
     for r in res.get("train_step", []):
-        print(f"  train step {r['backbone']} {r['size']} px {r['device']} {r['precision']}: "
-              f"{r['in_memory_img_s']} img/s in memory, {r['loader_img_s']} with the loader")
+        print(
+            f"  train step {r['backbone']} {r['size']} px {r['device']} {r['precision']}: "
+            f"{r['in_memory_img_s']} img/s in memory, {r['loader_img_s']} with the loader"
+        )
 
 
 if __name__ == "__main__":

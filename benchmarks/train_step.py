@@ -39,8 +39,7 @@ def make_shard(path: Path, n: int, size: int) -> None:
         img = h5.create_dataset("images", (n, size, size, 4), np.uint8, chunks=(1, size, size, 4))
         for i, s in enumerate(sets):
             img[i] = render(s, size, np.random.default_rng(i))
-        h5.create_dataset("ids", data=np.array([f"id{i}" for i in range(n)], dtype=object),
-                          dtype=h5py.string_dtype())
+        h5.create_dataset("ids", data=np.array([f"id{i}" for i in range(n)], dtype=object), dtype=h5py.string_dtype())
         h5.create_dataset("labels", data=encode(sets))
 
 
@@ -65,8 +64,17 @@ def run(model, batches, device, dtype, steps: int, warmup: int, mode: str) -> fl
     return n / (time.perf_counter() - t0)
 
 
-def step_rates(backbones: list[str], size: int, batch: int, steps: int, warmup: int, workers: int,
-               device: torch.device, color_mode: str = "gyb", precisions=None) -> list[dict]:
+def step_rates(
+    backbones: list[str],
+    size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    workers: int,
+    device: torch.device,
+    color_mode: str = "gyb",
+    precisions=None,
+) -> list[dict]:
     """Training images/s per backbone x precision: real loader over a shard vs batches in memory."""
     n_images = batch * (steps + warmup)
     if precisions is None:
@@ -77,8 +85,14 @@ def step_rates(backbones: list[str], size: int, batch: int, steps: int, warmup: 
         make_shard(shard, min(n_images, 512), size)
         ds = ShardDataset(ShardRows.from_files([shard]), size, train=True)
         sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=n_images)
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
-                                             pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=batch,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
         # The same first batch over and over, already read: what the step costs without the loader.
         first = next(iter(torch.utils.data.DataLoader(ds, batch_size=batch)))
         in_memory = [first] * (steps + warmup)
@@ -91,10 +105,19 @@ def step_rates(backbones: list[str], size: int, batch: int, steps: int, warmup: 
                 model.train()
                 mem = run(model, in_memory, device, dtype, steps, warmup, color_mode)
                 real = run(model, loader, device, dtype, steps, warmup, color_mode)
-                rows.append({"backbone": backbone, "size": size, "batch": batch, "device": str(device),
-                             "precision": label if dtype is None else f"{label} ({str(dtype)[6:]})",
-                             "in_memory_img_s": round(mem, 1), "loader_img_s": round(real, 1),
-                             "loader_fraction": round(real / mem, 3), "workers": workers})
+                rows.append(
+                    {
+                        "backbone": backbone,
+                        "size": size,
+                        "batch": batch,
+                        "device": str(device),
+                        "precision": label if dtype is None else f"{label} ({str(dtype)[6:]})",
+                        "in_memory_img_s": round(mem, 1),
+                        "loader_img_s": round(real, 1),
+                        "loader_fraction": round(real / mem, 3),
+                        "workers": workers,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -113,8 +136,9 @@ def main() -> None:
     args = ap.parse_args()
 
     device = pick_device(args.device)
-    rows = step_rates(args.backbones, args.size, args.batch, args.steps, args.warmup, args.workers, device,
-                      args.color_mode)
+    rows = step_rates(
+        args.backbones, args.size, args.batch, args.steps, args.warmup, args.workers, device, args.color_mode
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
@@ -122,8 +146,10 @@ def main() -> None:
     print(f"\n{name}, {args.size} px, batch {args.batch}, {args.workers} loader workers")
     print(f"{'backbone':<20}{'precision':<18}{'in-memory img/s':>16}{'loader img/s':>14}{'loader/mem':>11}")
     for r in rows:
-        print(f"{r['backbone']:<20}{r['precision']:<18}{r['in_memory_img_s']:>16}{r['loader_img_s']:>14}"
-              f"{r['loader_fraction']:>11}")
+        print(
+            f"{r['backbone']:<20}{r['precision']:<18}{r['in_memory_img_s']:>16}{r['loader_img_s']:>14}"
+            f"{r['loader_fraction']:>11}"
+        )
 
 
 if __name__ == "__main__":

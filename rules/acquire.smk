@@ -6,16 +6,16 @@ rule download_kaggle:
     """The competition's images and csvs via the kaggle CLI, unpacked into data_root."""
     output:
         "results/downloads/kaggle.txt",
-    params:
-        data_root=config["data_root"],
-        competition=DOWNLOAD["kaggle_competition"],
     log:
         "logs/download_kaggle.log",
+    conda:
+        "../envs/download.yaml"
     threads: job_threads("download_kaggle")
     resources:
         **job_resources("download_kaggle"),
-    conda:
-        "../envs/download.yaml"
+    params:
+        data_root=config["data_root"],
+        competition=DOWNLOAD["kaggle_competition"],
     script:
         "../workflow_scripts/download_kaggle.py"
 
@@ -26,17 +26,17 @@ rule download_hpav18_part:
         lambda wc: f"{config['data_root']}/{DOWNLOAD['hpav18_csv']}",
     output:
         "results/downloads/hpav18/part{part}.tsv",
+    log:
+        "logs/download_hpav18/part{part}.log",
+    conda:
+        "../envs/download.yaml"
+    threads: job_threads("download_hpav18_part")
+    resources:
+        **job_resources("download_hpav18_part"),
     params:
         out_dir=f"{config['data_root']}/{DOWNLOAD['hpav18_dir']}",
         parts=len(HPAV18_PARTS),
         config=config_keys("hpav18_base_url", "download"),
-    log:
-        "logs/download_hpav18/part{part}.log",
-    threads: job_threads("download_hpav18_part")
-    resources:
-        **job_resources("download_hpav18_part"),
-    conda:
-        "../envs/download.yaml"
     script:
         "../workflow_scripts/download_hpav18.py"
 

@@ -15,7 +15,6 @@ from hpaflow.config import (
 )
 from hpaflow.layout import shard_count
 
-
 # Validated here, once the package is importable: errors name the key (schema + cross-key rules).
 validate_config(config, Path(workflow.basedir) / "config/schemas/config.schema.yaml")
 

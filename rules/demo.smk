@@ -14,15 +14,15 @@ rule demo_data:
                 "test_labels.csv",
             ],
         ),
-    params:
-        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
-        config=config_keys("demo"),
     log:
         "logs/demo_data.log",
+    conda:
+        "../envs/data.yaml"
     threads: job_threads("demo_data")
     resources:
         **job_resources("demo_data"),
-    conda:
-        "../envs/data.yaml"
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        config=config_keys("demo"),
     script:
         "../workflow_scripts/demo_data.py"

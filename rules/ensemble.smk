@@ -7,11 +7,11 @@ rule model_summary:
         "results/summary/{model}.h5",
     log:
         "logs/model_summary/{model}.log",
+    conda:
+        "../envs/ensemble.yaml"
     threads: job_threads("model_summary")
     resources:
         **job_resources("model_summary"),
-    conda:
-        "../envs/ensemble.yaml"
     script:
         "../workflow_scripts/model_summary.py"
 
@@ -24,16 +24,16 @@ rule ensemble:
         ensemble="results/ensemble.h5",
         metrics="results/metrics.json",
         thresholds="results/thresholds.csv",
-    params:
-        models=MODELS,
-        config=config_keys("thresholds", "ensemble"),
     log:
         "logs/ensemble.log",
+    conda:
+        "../envs/ensemble.yaml"
     threads: job_threads("ensemble")
     resources:
         **job_resources("ensemble"),
-    conda:
-        "../envs/ensemble.yaml"
+    params:
+        models=MODELS,
+        config=config_keys("thresholds", "ensemble"),
     script:
         "../workflow_scripts/ensemble.py"
 
@@ -45,15 +45,15 @@ rule submission:
         samples=test_labels_csvs,
     output:
         "results/submission.csv",
-    params:
-        at_least_one=config["thresholds"]["at_least_one"],
     log:
         "logs/submission.log",
+    conda:
+        "../envs/ensemble.yaml"
     threads: job_threads("submission")
     resources:
         **job_resources("submission"),
-    conda:
-        "../envs/ensemble.yaml"
+    params:
+        at_least_one=config["thresholds"]["at_least_one"],
     script:
         "../workflow_scripts/submission.py"
 
@@ -72,15 +72,15 @@ rule plots:
         frequency=report("results/plots/label_frequency.png", caption="report/frequency.rst", category="Scores"),
         images=report("results/plots/image_grid.png", caption="report/images.rst", category="Images"),
         headline="results/plots/headline.rst",  # included by the report's front page (report/workflow.rst)
-    params:
-        models=MODELS,
-        folds=FOLDS,
     log:
         "logs/plots.log",
+    conda:
+        "../envs/ensemble.yaml"
     threads: job_threads("plots")
     resources:
         **job_resources("plots"),
-    conda:
-        "../envs/ensemble.yaml"
+    params:
+        models=MODELS,
+        folds=FOLDS,
     script:
         "../workflow_scripts/plots.py"

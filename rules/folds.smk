@@ -4,16 +4,16 @@ rule folds:
         train_labels_csvs,
     output:
         "results/folds.csv",
+    log:
+        "logs/folds.log",
+    conda:
+        "../envs/data.yaml"
+    threads: job_threads("folds")
+    resources:
+        **job_resources("folds"),
     params:
         datasets=TRAIN_DATASETS,
         n_folds=config["n_folds"],
         seed=config["seed"],
-    log:
-        "logs/folds.log",
-    threads: job_threads("folds")
-    resources:
-        **job_resources("folds"),
-    conda:
-        "../envs/data.yaml"
     script:
         "../workflow_scripts/folds.py"

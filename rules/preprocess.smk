@@ -4,6 +4,13 @@ rule shard:
         labels_csv,
     output:
         "results/shards/{dataset}/{index}.h5",
+    log:
+        "logs/shard/{dataset}/{index}.log",
+    conda:
+        "../envs/data.yaml"
+    threads: job_threads("shard")
+    resources:
+        **job_resources("shard"),
     params:
         dataset=lambda wc: config["datasets"][DATASETS[wc.dataset]],
         images=lambda wc: str(dataset_path(config, DATASETS[wc.dataset], "images")),
@@ -12,13 +19,6 @@ rule shard:
         tile_size=config.get("tile_size"),
         shard_size=config["shard_size"],
         compression=config["hdf5_compression"],
-    log:
-        "logs/shard/{dataset}/{index}.log",
-    threads: job_threads("shard")
-    resources:
-        **job_resources("shard"),
-    conda:
-        "../envs/data.yaml"
     script:
         "../workflow_scripts/shard.py"
 

@@ -10,18 +10,18 @@ rule train:
     output:
         best="results/models/{model}/fold{fold}/best.pt",
         metrics="results/models/{model}/fold{fold}/metrics.csv",
-    params:
-        model=model_settings,
-        config=config_keys("seed", "device", "pretrained_dir", "visdom"),
     log:
         "logs/train/{model}/fold{fold}.log",
     benchmark:
         "results/benchmarks/train/{model}/fold{fold}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: job_threads("train")
     resources:
         **job_resources("train"),
-    conda:
-        "../envs/torch.yaml"
+    params:
+        model=model_settings,
+        config=config_keys("seed", "device", "pretrained_dir", "visdom"),
     script:
         "../workflow_scripts/train.py"
 
@@ -35,16 +35,16 @@ rule predict:
         folds="results/folds.csv",
     output:
         "results/predictions/{model}/fold{fold}.h5",
-    params:
-        config=config_keys("predict", "device"),
     log:
         "logs/predict/{model}/fold{fold}.log",
     benchmark:
         "results/benchmarks/predict/{model}/fold{fold}.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: job_threads("predict")
     resources:
         **job_resources("predict"),
-    conda:
-        "../envs/torch.yaml"
+    params:
+        config=config_keys("predict", "device"),
     script:
         "../workflow_scripts/predict.py"

@@ -27,13 +27,23 @@ TINY = {
     "shard_size": 10,
     "n_folds": 2,
     "models": [{"name": "m", "backbone": "resnet18", "pretrained": False, "epochs": 1, "batch_size": 8}],
-    "demo": {"dir": "data/demo", "seed": 3, "n_train": 24, "n_test": 8, "n_tiff": 6, "n_jpg": 6,
-             "size": 64, "tiff_size": 96, "jpg_size": 80},
+    "demo": {
+        "dir": "data/demo",
+        "seed": 3,
+        "n_train": 24,
+        "n_test": 8,
+        "n_tiff": 6,
+        "n_jpg": 6,
+        "size": 64,
+        "tiff_size": 96,
+        "jpg_size": 80,
+    },
 }
 
 
-needs_shared = pytest.mark.skipif(not (SHARED / "hpa" / "train.csv").exists(),
-                                  reason=f"real competition csvs not found at {SHARED}")
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "hpa" / "train.csv").exists(), reason=f"real competition csvs not found at {SHARED}"
+)
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -48,11 +58,13 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 600,
-                  env: dict | None = None) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -61,14 +73,21 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
 def kill_snakemake_when(workdir: Path, args: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:
     """Start Snakemake, and SIGKILL it with all its jobs (as a node failure or `kill -9` would) once
     `ready()` holds. Fails if the run ends first."""
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + timeout
     try:
         while not ready():
             if proc.poll() is not None:
-                raise AssertionError(f"snakemake ended ({proc.returncode}) before it could be killed:\n"
-                                     f"{proc.stderr.read()[-3000:]}")
+                raise AssertionError(
+                    f"snakemake ended ({proc.returncode}) before it could be killed:\n{proc.stderr.read()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"nothing to kill on after {timeout} s")
             time.sleep(0.01)

@@ -26,31 +26,52 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "results" / "mutation"  # --stage changes it (one folder per concurrent run)
 MODULES = ["metrics", "thresholds", "ensemble", "submission", "summary", "predict", "folds"]
-TESTS = ["test_metrics.py", "test_thresholds.py", "test_ensemble_submission.py", "test_summary.py",
-         "test_predict.py", "test_folds.py"]
+TESTS = [
+    "test_metrics.py",
+    "test_thresholds.py",
+    "test_ensemble_submission.py",
+    "test_summary.py",
+    "test_predict.py",
+    "test_folds.py",
+]
 # mutmut's exit codes of a mutant's test run (mutmut.stats.status_by_exit_code).
-STATUS = {0: "survived", 1: "killed", 3: "killed", 5: "no tests", 33: "no tests", 36: "timeout", 24: "timeout",
-          -24: "timeout", 152: "timeout", 255: "timeout"}
+STATUS = {
+    0: "survived",
+    1: "killed",
+    3: "killed",
+    5: "no tests",
+    33: "no tests",
+    36: "timeout",
+    24: "timeout",
+    -24: "timeout",
+    152: "timeout",
+    255: "timeout",
+}
 
 
 def stage(modules: list[str]) -> None:
     shutil.rmtree(STAGE, ignore_errors=True)
     STAGE.mkdir(parents=True)
-    shutil.copytree(REPO / "workflow_scripts" / "hpaflow", STAGE / "hpaflow",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "workflow_scripts" / "hpaflow", STAGE / "hpaflow", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copytree(REPO / "tests", STAGE / "tests", ignore=shutil.ignore_patterns("__pycache__", "slurm"))
     shutil.copytree(REPO / "config", STAGE / "config")
     shutil.copy(REPO / "pytest.ini", STAGE / "pytest.ini")
     if (REPO.parent / "shared").exists():  # tests find ../shared beside the folder they run in
         (STAGE / "shared").symlink_to(REPO.parent / "shared")
-    config = {"tool": {"mutmut": {
-        "source_paths": ["hpaflow"],
-        "only_mutate": [f"hpaflow/{m}.py" for m in modules],
-        "pytest_add_cli_args_test_selection": [f"tests/{t}" for t in TESTS],
-        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-m", "not slow"],
-        "also_copy": ["config", "pytest.ini"],
-        "process_isolation": "forkserver",  # torch is not fork-safe after the stats run
-    }}}
+    config = {
+        "tool": {
+            "mutmut": {
+                "source_paths": ["hpaflow"],
+                "only_mutate": [f"hpaflow/{m}.py" for m in modules],
+                "pytest_add_cli_args_test_selection": [f"tests/{t}" for t in TESTS],
+                "pytest_add_cli_args": ["-p", "no:cacheprovider", "-m", "not slow"],
+                "also_copy": ["config", "pytest.ini"],
+                "process_isolation": "forkserver",  # torch is not fork-safe after the stats run
+            }
+        }
+    }
     (STAGE / "pyproject.toml").write_text(toml(config))
 
 
@@ -63,10 +84,12 @@ def toml(config: dict) -> str:
 
 
 def diff(name: str) -> str:
-    proc = subprocess.run([str(Path(sys.executable).parent / "mutmut"), "show", name], cwd=STAGE,
-                          capture_output=True, text=True)
-    return "\n".join(line for line in proc.stdout.splitlines() if line.startswith(("+", "-"))
-                     and not line.startswith(("+++", "---")))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "mutmut"), "show", name], cwd=STAGE, capture_output=True, text=True
+    )
+    return "\n".join(
+        line for line in proc.stdout.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
+    )
 
 
 def collect(modules: list[str], seconds: float) -> dict:
@@ -81,19 +104,35 @@ def collect(modules: list[str], seconds: float) -> dict:
             if STATUS.get(code) in ("survived", "no tests"):
                 short = name.removeprefix("hpaflow.")
                 change = diff(name)
-                survivors.append({"mutant": short, "status": STATUS[code], "diff": change,
-                                  "equivalent": equivalent.get((short.split("__mutmut_")[0], change.strip()))})
+                survivors.append(
+                    {
+                        "mutant": short,
+                        "status": STATUS[code],
+                        "diff": change,
+                        "equivalent": equivalent.get((short.split("__mutmut_")[0], change.strip())),
+                    }
+                )
         n = len(meta)
         unexplained = [s for s in survivors if not s["equivalent"]]
-        out["modules"][m] = {"mutants": n, "killed": counts["killed"], "survived": counts["survived"],
-                             "not_covered": counts["no tests"], "timeout": counts["timeout"],
-                             "killed_fraction": round(counts["killed"] / n, 4) if n else None,
-                             "equivalent": len(survivors) - len(unexplained),
-                             "unexplained": len(unexplained), "survivors": survivors}
+        out["modules"][m] = {
+            "mutants": n,
+            "killed": counts["killed"],
+            "survived": counts["survived"],
+            "not_covered": counts["no tests"],
+            "timeout": counts["timeout"],
+            "killed_fraction": round(counts["killed"] / n, 4) if n else None,
+            "equivalent": len(survivors) - len(unexplained),
+            "unexplained": len(unexplained),
+            "survivors": survivors,
+        }
     total = sum(v["mutants"] for v in out["modules"].values())
     killed = sum(v["killed"] for v in out["modules"].values())
-    out["total"] = {"mutants": total, "killed": killed, "killed_fraction": round(killed / total, 4) if total else None,
-                    "unexplained": sum(v["unexplained"] for v in out["modules"].values())}
+    out["total"] = {
+        "mutants": total,
+        "killed": killed,
+        "killed_fraction": round(killed / total, 4) if total else None,
+        "unexplained": sum(v["unexplained"] for v in out["modules"].values()),
+    }
     return out
 
 
@@ -101,8 +140,10 @@ def table(r: dict) -> str:
     rows = [f"{'module':<12}{'mutants':>8}{'killed':>8}{'survived':>9}{'no test':>8}{'killed %':>9}{'unexpl.':>8}"]
     for m, v in [*r["modules"].items(), ("total", {**r["total"], "survived": "", "not_covered": ""})]:
         frac = "" if v["killed_fraction"] is None else f"{100 * v['killed_fraction']:.1f}"
-        rows.append(f"{m:<12}{v['mutants']:>8}{v['killed']:>8}{v['survived']:>9}{v['not_covered']:>8}{frac:>9}"
-                    f"{v['unexplained']:>8}")
+        rows.append(
+            f"{m:<12}{v['mutants']:>8}{v['killed']:>8}{v['survived']:>9}{v['not_covered']:>8}{frac:>9}"
+            f"{v['unexplained']:>8}"
+        )
     rows.append(f"mutmut run: {r['seconds']} s")
     return "\n".join(rows)
 
@@ -117,8 +158,9 @@ def main() -> int:
     STAGE = Path(args.stage).resolve()
     stage(args.modules)
     t0 = time.monotonic()
-    proc = subprocess.run([str(Path(sys.executable).parent / "mutmut"), "run"], cwd=STAGE, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "mutmut"), "run"], cwd=STAGE, capture_output=True, text=True
+    )
     seconds = time.monotonic() - t0
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)

@@ -64,34 +64,51 @@ def test_every_schema_default_reaches_the_stage():
     minimal = {"data_root": "x", "datasets": DEMO["datasets"], "models": [{"name": "m", "backbone": "resnet18"}]}
     cfg = validate_config(minimal, SCHEMA)
     train = TrainConfig.from_config(cfg, {**cfg["models"][0], "image_size": 77}, fold=1, threads=3)
-    expected = {**schema_defaults(schema["models"]["items"]), "seed": schema["seed"]["default"],
-                "device": schema["device"]["default"], "pretrained_dir": schema["pretrained_dir"]["default"],
-                "visdom": schema_defaults(schema["visdom"])}
+    expected = {
+        **schema_defaults(schema["models"]["items"]),
+        "seed": schema["seed"]["default"],
+        "device": schema["device"]["default"],
+        "pretrained_dir": schema["pretrained_dir"]["default"],
+        "visdom": schema_defaults(schema["visdom"]),
+    }
     assert {k: getattr(train, k) for k in expected} == expected
     assert (train.name, train.backbone, train.image_size, train.fold, train.threads) == ("m", "resnet18", 77, 1, 3)
     demo = DemoSpec.from_config(cfg)
     assert vars(demo) == {k: v for k, v in schema_defaults(schema["demo"]).items() if k != "dir"}
     fetch = FetchSettings.from_config(cfg)
     download = schema_defaults(schema["download"])
-    assert vars(fetch) == {"base_url": schema["hpav18_base_url"]["default"],
-                           **{k: download[k] for k in ("concurrency", "retries", "backoff_s", "timeout_s", "resize")}}
+    assert vars(fetch) == {
+        "base_url": schema["hpav18_base_url"]["default"],
+        **{k: download[k] for k in ("concurrency", "retries", "backoff_s", "timeout_s", "resize")},
+    }
     th, ens = schema_defaults(schema["thresholds"]), schema_defaults(schema["ensemble"])
     ensemble = EnsembleSettings.from_config(cfg)
-    assert vars(ensemble.final) == {"method": th["final"], "shrink": th["shrink"], "min_positives": th["min_positives"],
-                                    "at_least_one": th["at_least_one"]}
+    assert vars(ensemble.final) == {
+        "method": th["final"],
+        "shrink": th["shrink"],
+        "min_positives": th["min_positives"],
+        "at_least_one": th["at_least_one"],
+    }
     assert ensemble.methods == list(dict.fromkeys([*th["methods"], th["final"]]))
     assert (ensemble.weights, ensemble.weight_step) == (ens["weights"], ens["weight_step"])
     pred, predict = schema_defaults(schema["predict"]), PredictSettings.from_config(cfg, threads=2)
-    assert vars(predict) == {"views": pred["tta_views"], "tta_combine": pred["tta_combine"],
-                             "tile_combine": pred["tile_combine"], "save_views": pred["save_views"],
-                             "batch_size": pred["batch_size"], "device": schema["device"]["default"], "threads": 2}
+    assert vars(predict) == {
+        "views": pred["tta_views"],
+        "tta_combine": pred["tta_combine"],
+        "tile_combine": pred["tile_combine"],
+        "save_views": pred["save_views"],
+        "batch_size": pred["batch_size"],
+        "device": schema["device"]["default"],
+        "threads": 2,
+    }
 
 
 def test_config_readme_is_generated_from_the_schema():
     from hpaflow.config import schema_reference
 
     assert (REPO / "config" / "README.md").read_text() == schema_reference(yaml.safe_load(SCHEMA.read_text())), (
-        "config/README.md is out of date: run `make config-readme`")
+        "config/README.md is out of date: run `make config-readme`"
+    )
 
 
 def edited(**changes):
@@ -108,30 +125,35 @@ def edited(**changes):
     return cfg
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"image_sise": 64}, r"^  image_sise: unknown key \(allowed: data_root, datasets,"),
-    ({"datasets__1__fromat": "png"}, r"datasets\[1\]\.fromat: unknown key"),
-    ({"datasets__1__format": "gif"}, r"datasets\[1\]\.format: 'gif' is not one of \['png', 'tiff', 'jpg'\]"),
-    ({"datasets__0__role": None}, r"datasets\[0\]: 'role' is a required property"),
-    ({"shard_size": "big"}, r"shard_size: 'big' is not of type 'integer'"),
-    ({"demo__n_train": 1.5}, r"demo\.n_train: 1\.5 is not of type 'integer'"),
-    ({"models__0__backbone": "vgg16"}, r"models\[0\]\.backbone: 'vgg16' is not one of"),
-    ({"data_root": None}, r"\(top level\): 'data_root' is a required property"),
-    ({"datasets__1__name": "kaggle_train"}, r"datasets\[1\]\.name: 'kaggle_train' is used by datasets\[0\] too"),
-    ({"datasets__0__role": "test", "datasets__1__role": "test", "datasets__2__role": "test"},
-     r"datasets: no dataset has role: train"),
-    ({"tiling": "grid"}, r"tile_size: required when tiling is grid"),
-    ({"tiling": "grid", "tile_size": 48}, r"tile_size: 48 does not divide image_size 64"),
-    ({"models__1__name": "r18_gyb"}, r"models\[1\]\.name: 'r18_gyb' is used by models\[0\] too"),
-    # Integer keys take integers only: JSON Schema alone would accept 64.0 (then a TypeError deep inside).
-    ({"image_size": 64.0}, r"^  image_size: 64\.0 is not of type 'integer'"),
-    ({"n_folds": 2.0}, r"^  n_folds: 2\.0 is not of type 'integer'"),
-    ({"models__0__epochs": 3.0}, r"models\[0\]\.epochs: 3\.0 is not of type 'integer'"),
-    ({"n_folds": True}, r"n_folds: True is not of type 'integer'"),
-    ({"models": []}, r"^  models: \[\] should be non-empty"),
-    ({"models": None}, r"'models' is a required property"),
-    ({"datasets__1__bits": 8}, r"datasets\[1\]\.bits: 8 is less than the minimum of 9"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"image_sise": 64}, r"^  image_sise: unknown key \(allowed: data_root, datasets,"),
+        ({"datasets__1__fromat": "png"}, r"datasets\[1\]\.fromat: unknown key"),
+        ({"datasets__1__format": "gif"}, r"datasets\[1\]\.format: 'gif' is not one of \['png', 'tiff', 'jpg'\]"),
+        ({"datasets__0__role": None}, r"datasets\[0\]: 'role' is a required property"),
+        ({"shard_size": "big"}, r"shard_size: 'big' is not of type 'integer'"),
+        ({"demo__n_train": 1.5}, r"demo\.n_train: 1\.5 is not of type 'integer'"),
+        ({"models__0__backbone": "vgg16"}, r"models\[0\]\.backbone: 'vgg16' is not one of"),
+        ({"data_root": None}, r"\(top level\): 'data_root' is a required property"),
+        ({"datasets__1__name": "kaggle_train"}, r"datasets\[1\]\.name: 'kaggle_train' is used by datasets\[0\] too"),
+        (
+            {"datasets__0__role": "test", "datasets__1__role": "test", "datasets__2__role": "test"},
+            r"datasets: no dataset has role: train",
+        ),
+        ({"tiling": "grid"}, r"tile_size: required when tiling is grid"),
+        ({"tiling": "grid", "tile_size": 48}, r"tile_size: 48 does not divide image_size 64"),
+        ({"models__1__name": "r18_gyb"}, r"models\[1\]\.name: 'r18_gyb' is used by models\[0\] too"),
+        # Integer keys take integers only: JSON Schema alone would accept 64.0 (then a TypeError deep inside).
+        ({"image_size": 64.0}, r"^  image_size: 64\.0 is not of type 'integer'"),
+        ({"n_folds": 2.0}, r"^  n_folds: 2\.0 is not of type 'integer'"),
+        ({"models__0__epochs": 3.0}, r"models\[0\]\.epochs: 3\.0 is not of type 'integer'"),
+        ({"n_folds": True}, r"n_folds: True is not of type 'integer'"),
+        ({"models": []}, r"^  models: \[\] should be non-empty"),
+        ({"models": None}, r"'models' is a required property"),
+        ({"datasets__1__bits": 8}, r"datasets\[1\]\.bits: 8 is less than the minimum of 9"),
+    ],
+)
 def test_errors_name_the_key(changes, message):
     with pytest.raises(ConfigError) as e:
         validate_config(edited(**changes), SCHEMA)

@@ -64,8 +64,7 @@ def test_label_independent_channels_and_green_signal():
 
 
 def test_make_demo_layout_and_determinism(tmp_path):
-    spec = DemoSpec(seed=1, n_train=6, n_test=3, n_tiff=2, n_jpg=2, size=64, tiff_size=96, jpg_size=80,
-                    prior_power=1.0)
+    spec = DemoSpec(seed=1, n_train=6, n_test=3, n_tiff=2, n_jpg=2, size=64, tiff_size=96, jpg_size=80, prior_power=1.0)
     t1 = make_demo(tmp_path / "a", spec)
     make_demo(tmp_path / "b", spec)
     a, b = tmp_path / "a", tmp_path / "b"

@@ -74,8 +74,9 @@ def server():
 
 
 def settings(server, **kw) -> FetchSettings:
-    return FetchSettings(server.url, **{"concurrency": 4, "retries": 2, "backoff_s": 0.01, "timeout_s": 10,
-                                        "resize": None, **kw})
+    return FetchSettings(
+        server.url, **{"concurrency": 4, "retries": 2, "backoff_s": 0.01, "timeout_s": 10, "resize": None, **kw}
+    )
 
 
 def test_url_layout_and_parts():

@@ -63,23 +63,29 @@ def test_submission_keeps_sample_order_and_sorts_labels():
     check_submission(df, SAMPLE)
 
 
-@pytest.mark.parametrize("ids,message", [
-    (["s1", "s2"], r"1 Id\(s\) of the sample submission have no prediction, e.g. 's3'"),
-    (["s1", "s2", "s2"], r"Id 's2' is predicted 2 times"),
-    (["s1", "s2", "s3", "x"], r"not in the sample submission, e.g. 'x'"),
-])
+@pytest.mark.parametrize(
+    "ids,message",
+    [
+        (["s1", "s2"], r"1 Id\(s\) of the sample submission have no prediction, e.g. 's3'"),
+        (["s1", "s2", "s2"], r"Id 's2' is predicted 2 times"),
+        (["s1", "s2", "s3", "x"], r"not in the sample submission, e.g. 'x'"),
+    ],
+)
 def test_submission_rejects_missing_repeated_or_foreign_ids(ids, message):
     with pytest.raises(SubmissionError, match=message):
         make_submission(SAMPLE, np.array(ids), np.zeros((len(ids), 28), bool))
 
 
-@pytest.mark.parametrize("rows,message", [
-    ([["s1", "0"], ["s2", "28"], ["s3", ""]], r"row 3 \(Id s2\): labels '28' are not class indices"),
-    ([["s1", "3 1"], ["s2", ""], ["s3", ""]], r"row 2 \(Id s1\): labels '3 1' are not sorted"),
-    ([["s1", "1 1"], ["s2", ""], ["s3", ""]], r"row 2 \(Id s1\): labels '1 1' are not sorted and unique"),
-    ([["s1", "0"], ["s2", "4 7 7"], ["s3", ""]], r"row 3 \(Id s2\): labels '4 7 7' are not sorted and unique"),
-    ([["s2", "1"], ["s1", ""], ["s3", ""]], "^Ids are not those of the sample submission in its order$"),
-])
+@pytest.mark.parametrize(
+    "rows,message",
+    [
+        ([["s1", "0"], ["s2", "28"], ["s3", ""]], r"row 3 \(Id s2\): labels '28' are not class indices"),
+        ([["s1", "3 1"], ["s2", ""], ["s3", ""]], r"row 2 \(Id s1\): labels '3 1' are not sorted"),
+        ([["s1", "1 1"], ["s2", ""], ["s3", ""]], r"row 2 \(Id s1\): labels '1 1' are not sorted and unique"),
+        ([["s1", "0"], ["s2", "4 7 7"], ["s3", ""]], r"row 3 \(Id s2\): labels '4 7 7' are not sorted and unique"),
+        ([["s2", "1"], ["s1", ""], ["s3", ""]], "^Ids are not those of the sample submission in its order$"),
+    ],
+)
 def test_check_rejects_bad_rows(tmp_path, rows, message):
     df = pd.DataFrame(rows, columns=["Id", "Predicted"])
     with pytest.raises(SubmissionError, match=message):

@@ -63,8 +63,16 @@ def test_requirements_carry_the_mandated_pins():
     assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
     assert pins["pretrainedmodels"] == "0.7.4" and "six" in pins
     assert pins["snakemake"].startswith("9.")
-    for name in ["snakemake-executor-plugin-slurm", "h5py", "tifffile", "opencv-python-headless",
-                 "numpy", "pandas", "iterative-stratification", "pytest"]:
+    for name in [
+        "snakemake-executor-plugin-slurm",
+        "h5py",
+        "tifffile",
+        "opencv-python-headless",
+        "numpy",
+        "pandas",
+        "iterative-stratification",
+        "pytest",
+    ]:
         assert name in pins, name
 
 
@@ -73,9 +81,12 @@ def test_requirements_carry_the_mandated_pins():
 LAZY_IMPORTS = {"hpaflow.models": ["torchvision", "pretrainedmodels"]}  # imported by the backbone builders
 # Modules that packages import only where installed (try/except ImportError): found in a closure
 # because the test venv has them, needed only where a script says so below.
-OPTIONAL = {"charset_normalizer": "numpy.f2py", "psutil": "joblib's loky backend",
-            "rich": "scikit-learn's progress bar callback",
-            "imagecodecs": "tifffile, to decode compressed (LZW, deflate, ...) TIFFs"}
+OPTIONAL = {
+    "charset_normalizer": "numpy.f2py",
+    "psutil": "joblib's loky backend",
+    "rich": "scikit-learn's progress bar callback",
+    "imagecodecs": "tifffile, to decode compressed (LZW, deflate, ...) TIFFs",
+}
 # Optional modules a script's work does need: only the shard job decodes TIFFs.
 SCRIPT_NEEDS = {"workflow_scripts/shard.py": ["imagecodecs"]}
 # Distributions a script needs as programs, not imports.
@@ -111,9 +122,21 @@ def import_closure(script: str) -> list[str]:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(REPO / script), str(REPO / "workflow_scripts"),
-                           json.dumps(LAZY_IMPORTS), json.dumps(SCRIPT_NEEDS.get(script, []))],
-                          capture_output=True, text=True, check=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PROBE,
+            str(REPO / script),
+            str(REPO / "workflow_scripts"),
+            json.dumps(LAZY_IMPORTS),
+            json.dumps(SCRIPT_NEEDS.get(script, [])),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     return json.loads(proc.stdout.splitlines()[-1])
 
 
@@ -160,8 +183,14 @@ def env_packages(env: str) -> set[str]:
 
 
 RULE_ENV_SCRIPT = r'conda:\s*\n\s*"\.\./envs/([\w.-]+)"\s*\n\s*script:\s*\n\s*"\.\./(workflow_scripts/[\w.]+)"'
-RULE_SCRIPTS = sorted({(env, script) for smk in (REPO / "rules").glob("*.smk")
-                       for env, script in re.findall(RULE_ENV_SCRIPT, smk.read_text())}, key=lambda x: x[1])
+RULE_SCRIPTS = sorted(
+    {
+        (env, script)
+        for smk in (REPO / "rules").glob("*.smk")
+        for env, script in re.findall(RULE_ENV_SCRIPT, smk.read_text())
+    },
+    key=lambda x: x[1],
+)
 
 
 def test_every_rule_with_a_script_is_checked():
@@ -183,7 +212,8 @@ def test_rule_env_holds_what_its_script_imports_and_nothing_unused(env, script):
     used = set()
     for other_env, other in RULE_SCRIPTS:
         if other_env == env:
-            used |= install_closure(set(third_party(import_closure(other), other).values())
-                                    | {norm(d) for d in PROGRAMS.get(other, [])})
+            used |= install_closure(
+                set(third_party(import_closure(other), other).values()) | {norm(d) for d in PROGRAMS.get(other, [])}
+            )
     assert needed_dists <= used
     assert listed <= used, f"envs/{env} lists {sorted(listed - used)}, which none of its rules' scripts needs"

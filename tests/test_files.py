@@ -41,11 +41,13 @@ def test_mode_follows_the_umask_like_a_plain_write(tmp_path: Path, umask, mode):
 def test_temporary_of_a_killed_writer_is_removed_by_the_next_write(tmp_path: Path):
     target = tmp_path / "0.h5"
     # A real SIGKILL inside the block: the temporary file stays behind, as it would after a node failure.
-    code = ("import os\n"
-            "from hpaflow.files import atomic_path\n"
-            f"with atomic_path({str(target)!r}) as tmp:\n"
-            "    tmp.write_bytes(b'x' * 1000)\n"
-            "    os.kill(os.getpid(), 9)\n")
+    code = (
+        "import os\n"
+        "from hpaflow.files import atomic_path\n"
+        f"with atomic_path({str(target)!r}) as tmp:\n"
+        "    tmp.write_bytes(b'x' * 1000)\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code])
     assert proc.returncode == -9
     left = [p.name for p in tmp_path.iterdir()]

@@ -80,8 +80,7 @@ def test_id_in_two_datasets_is_an_error():
 def test_duplicate_message_names_the_first_duplicated_id_and_all_its_datasets():
     # x0 and x1 are both duplicated; x0 comes first (dataset a) and is in a and c.
     tables = {"a": table(["x0", "x1", "x2"]), "b": table(["x1", "x3"]), "c": table(["x4", "x0"])}
-    message = ("Id 'x0' appears in more than one train dataset (a, c); "
-               "Ids must be unique across train datasets")
+    message = "Id 'x0' appears in more than one train dataset (a, c); Ids must be unique across train datasets"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         folds_table(tables, 2, 0)
 
@@ -190,8 +189,11 @@ def test_every_swap_is_a_steepest_descent_and_the_end_is_balanced_or_stuck():
                 assert after[i] == before[j] and after[j] == before[i] != before[j]
                 assert ssd(y, after, n_folds) < ssd(y, before, n_folds)
                 # Either image may be the one that carries the class the swap fixes.
-                assert any(ssd(y, after, n_folds) == best_swap_ssd(y, before, n_folds, before[i], before[j], c)
-                           for i, j in [(i, j), (j, i)] for c in np.flatnonzero((y[i] == 1) & (y[j] == 0)))
+                assert any(
+                    ssd(y, after, n_folds) == best_swap_ssd(y, before, n_folds, before[i], before[j], c)
+                    for i, j in [(i, j), (j, i)]
+                    for c in np.flatnonzero((y[i] == 1) & (y[j] == 0))
+                )
             before = after
         assert np.array_equal(before, final), "did not reach the end state one swap at a time"
         assert np.array_equal(np.bincount(final, minlength=n_folds), np.bincount(start, minlength=n_folds))

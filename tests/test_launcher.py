@@ -29,8 +29,12 @@ def launcher() -> str:
     if not stamp.exists() or stamp.read_text().split() != pins:
         shutil.rmtree(VENV, ignore_errors=True)
         subprocess.run([sys._base_executable, "-m", "venv", str(VENV)], check=True, timeout=120)
-        subprocess.run([str(VENV / "bin/python"), "-m", "pip", "install", "-q", *pins], check=True, timeout=900,
-                       capture_output=True)
+        subprocess.run(
+            [str(VENV / "bin/python"), "-m", "pip", "install", "-q", *pins],
+            check=True,
+            timeout=900,
+            capture_output=True,
+        )
         stamp.write_text("\n".join(pins))
     python = str(VENV / "bin/python")
     for module in ["h5py", "cv2", "tifffile", "torch", "hpaflow"]:  # truly the launcher alone
@@ -40,8 +44,9 @@ def launcher() -> str:
 
 
 def launch(python: str, workdir, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([python, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [python, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -62,6 +67,7 @@ def test_launcher_plans_the_full_scale_config(launcher, tmp_path):
     wf = copy_workflow(tmp_path / "wf")
     for name in ["train.csv", "sample_submission.csv", "HPAv18RBGY_wodpl.csv"]:
         shutil.copy(SHARED / "hpa" / name, tmp_path / name)
-    counts = plan(launch(launcher, wf, "-n", "--configfile", "config/hpa_kaggle.yaml", "--config",
-                         f"data_root={tmp_path}"))
+    counts = plan(
+        launch(launcher, wf, "-n", "--configfile", "config/hpa_kaggle.yaml", "--config", f"data_root={tmp_path}")
+    )
     assert counts["shard"] == "116" and counts["train"] == "15" and counts["total"] == "154", counts

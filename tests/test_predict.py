@@ -30,8 +30,9 @@ from hpaflow.predict import (
 from hpaflow.shards import ShardSpec, write_shard
 from hpaflow.transforms import CHANNELS, MEAN, STD
 
-PREDICT = PredictSettings(views=[0, 3, 6], tta_combine="max", tile_combine="mean", save_views=True, batch_size=3,
-                          device="cpu", threads=1)
+PREDICT = PredictSettings(
+    views=[0, 3, 6], tta_combine="max", tile_combine="mean", save_views=True, batch_size=3, device="cpu", threads=1
+)
 
 
 def tiled_shards(tmp_path):
@@ -58,8 +59,15 @@ def checkpoint(path, color_mode="gyb", **extra):
 
 def predict(tmp_path, best, fold):
     out = tmp_path / "pred.h5"
-    run_predict(best, [str(tmp_path / "train.h5")], [str(tmp_path / "test.h5")], str(tmp_path / "folds.csv"),
-                fold, str(out), PREDICT)
+    run_predict(
+        best,
+        [str(tmp_path / "train.h5")],
+        [str(tmp_path / "test.h5")],
+        str(tmp_path / "folds.csv"),
+        fold,
+        str(out),
+        PREDICT,
+    )
     return out
 
 
@@ -87,9 +95,15 @@ def test_run_predict_aggregates_tiles_and_keeps_views(tmp_path, caplog):
 def test_without_test_shards_only_out_of_fold_rows_are_written_and_views_only_on_request(tmp_path):
     labels = tiled_shards(tmp_path)
     out = tmp_path / "pred.h5"
-    run_predict(checkpoint(tmp_path / "best.pt", train_ids=["b", "c"]), [str(tmp_path / "train.h5")], [],
-                str(tmp_path / "folds.csv"), 0, str(out),
-                replace(PREDICT, save_views=False, tta_combine="mean", tile_combine="max"))
+    run_predict(
+        checkpoint(tmp_path / "best.pt", train_ids=["b", "c"]),
+        [str(tmp_path / "train.h5")],
+        [],
+        str(tmp_path / "folds.csv"),
+        0,
+        str(out),
+        replace(PREDICT, save_views=False, tta_combine="mean", tile_combine="max"),
+    )
     with h5py.File(out) as h5:
         assert list(h5) == ["oof"]
         assert sorted(h5["oof"]) == ["ids", "labels", "probs"]  # no views
@@ -99,10 +113,13 @@ def test_without_test_shards_only_out_of_fold_rows_are_written_and_views_only_on
         assert h5.attrs["fold"] == 0 and h5.attrs["tta_combine"] == "mean" and h5.attrs["tile_combine"] == "max"
 
 
-@pytest.mark.parametrize("fold,trained_on,leaked", [
-    (1, ["a", "b", "d"], "1 Id(s) that fold 1 now holds out (b)"),
-    (0, ["a", "b", "c", "d"], "2 Id(s) that fold 0 now holds out (a, d)"),
-])
+@pytest.mark.parametrize(
+    "fold,trained_on,leaked",
+    [
+        (1, ["a", "b", "d"], "1 Id(s) that fold 1 now holds out (b)"),
+        (0, ["a", "b", "c", "d"], "2 Id(s) that fold 0 now holds out (a, d)"),
+    ],
+)
 def test_out_of_fold_rows_the_model_was_trained_on_are_refused(tmp_path, fold, trained_on, leaked):
     tiled_shards(tmp_path)
     best = checkpoint(tmp_path / "best.pt", train_ids=trained_on)
@@ -114,26 +131,41 @@ def test_out_of_fold_rows_the_model_was_trained_on_are_refused(tmp_path, fold, t
 def test_checkpoint_without_training_ids_is_refused(tmp_path):
     tiled_shards(tmp_path)
     best = checkpoint(tmp_path / "best.pt")
-    with pytest.raises(LeakError, match="^" + re.escape(
+    with pytest.raises(
+        LeakError,
+        match="^"
+        + re.escape(
             f"{best}: records no training Ids (written by an older version), so its out-of-fold predictions "
-            "cannot be checked for leaks; delete it and rerun its train job") + "$"):
+            "cannot be checked for leaks; delete it and rerun its train job"
+        )
+        + "$",
+    ):
         predict(tmp_path, best, 1)
 
 
-LEAK_ADVICE = ("refusing to write them as out-of-fold predictions. The folds or the data changed after this model "
-               "was trained; rerun its train job (snakemake does when folds.csv or the shards are newer)")
+LEAK_ADVICE = (
+    "refusing to write them as out-of-fold predictions. The folds or the data changed after this model "
+    "was trained; rerun its train job (snakemake does when folds.csv or the shards are newer)"
+)
 
 
-@pytest.mark.parametrize("n_leaked,shown", [
-    (10, "i00, i01, i02, i03, i04, i05, i06, i07, i08, i09"),  # ten: all shown
-    (11, "i00, i01, i02, i03, i04, i05, i06, i07, i08, i09, ..."),  # more: the first ten, then an ellipsis
-])
+@pytest.mark.parametrize(
+    "n_leaked,shown",
+    [
+        (10, "i00, i01, i02, i03, i04, i05, i06, i07, i08, i09"),  # ten: all shown
+        (11, "i00, i01, i02, i03, i04, i05, i06, i07, i08, i09, ..."),  # more: the first ten, then an ellipsis
+    ],
+)
 def test_leak_message_counts_images_and_shows_at_most_ten(n_leaked, shown):
     names = [f"i{k:02d}" for k in range(12)]
     held_out = np.repeat(names[::-1] + ["new"], 4)  # 4 tiles per image: Ids are counted, not tiles
     trained = names[:n_leaked] + ["other"]
-    with pytest.raises(LeakError, match="^" + re.escape(
-            f"run/best.pt was trained on {n_leaked} Id(s) that fold 2 now holds out ({shown}): {LEAK_ADVICE}") + "$"):
+    with pytest.raises(
+        LeakError,
+        match="^"
+        + re.escape(f"run/best.pt was trained on {n_leaked} Id(s) that fold 2 now holds out ({shown}): {LEAK_ADVICE}")
+        + "$",
+    ):
         check_no_leak({"train_ids": trained}, "run/best.pt", held_out, 2)
     check_no_leak({"train_ids": names}, "run/best.pt", np.repeat(["new", "x"], 4), 2)  # no overlap: passes
 
@@ -143,23 +175,37 @@ def test_damaged_checkpoint_is_named(tmp_path):
     best = tmp_path / "best.pt"
     whole = Path(checkpoint(tmp_path / "ok.pt", train_ids=["a", "d"])).read_bytes()
     best.write_bytes(whole[:5000])  # cut short
-    with pytest.raises(ValueError, match=re.escape(f"{best}: cannot be read as a checkpoint (")
-                       + ".*" + re.escape("); delete it and rerun its train job") + "$"):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"{best}: cannot be read as a checkpoint (")
+        + ".*"
+        + re.escape("); delete it and rerun its train job")
+        + "$",
+    ):
         predict(tmp_path, str(best), 1)
 
 
 def test_missing_checkpoint_is_named_with_the_error(tmp_path):
     best = tmp_path / "best.pt"
-    with pytest.raises(ValueError, match="^" + re.escape(f"{best}: cannot be read as a checkpoint (FileNotFoundError: ")
-                       + ".*" + re.escape("); delete it and rerun its train job") + "$"):
+    with pytest.raises(
+        ValueError,
+        match="^"
+        + re.escape(f"{best}: cannot be read as a checkpoint (FileNotFoundError: ")
+        + ".*"
+        + re.escape("); delete it and rerun its train job")
+        + "$",
+    ):
         load_checkpoint(best)
 
 
-@pytest.mark.parametrize("content,missing", [
-    ({"config": {}, "train_ids": []}, "model"),
-    ({"model": {}}, "config"),
-    ({"train_ids": ["a"]}, "config, model"),
-])
+@pytest.mark.parametrize(
+    "content,missing",
+    [
+        ({"config": {}, "train_ids": []}, "model"),
+        ({"model": {}}, "config"),
+        ({"train_ids": ["a"]}, "config, model"),
+    ],
+)
 def test_file_that_is_not_a_model_checkpoint_says_what_it_lacks(tmp_path, content, missing):
     best = tmp_path / "best.pt"
     torch.save(content, best)
@@ -235,21 +281,30 @@ def test_each_tta_view_and_tile_known_answer(tmp_path, tta_combine, tile_combine
             cv2.imwrite(str(tmp_path / f"{i}_{c}.png"), plane)
             if c == "green":
                 green[i] = plane
-    spec = ShardSpec(dataset="ds", fmt="png", images_dir=str(tmp_path), role="test", image_size=56,
-                     tiling="grid", tile_size=28)
+    spec = ShardSpec(
+        dataset="ds", fmt="png", images_dir=str(tmp_path), role="test", image_size=56, tiling="grid", tile_size=28
+    )
     write_shard(tmp_path / "s.h5", spec, ids, None)
     views = [0, 1, 2, 3, 4, 5, 6, 7]
     model = PixelModel()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to warn about on the CPU (e.g. no pinned memory asked for)
-        got_ids, probs, per_view = predict_rows(model, {"image_size": 28, "color_mode": "gyb"},
-                                                ShardRows.from_files([tmp_path / "s.h5"]), torch.device("cpu"),
-                                                views, tta_combine, tile_combine, batch_size=3, workers=0)
+        got_ids, probs, per_view = predict_rows(
+            model,
+            {"image_size": 28, "color_mode": "gyb"},
+            ShardRows.from_files([tmp_path / "s.h5"]),
+            torch.device("cpu"),
+            views,
+            tta_combine,
+            tile_combine,
+            batch_size=3,
+            workers=0,
+        )
     assert got_ids.tolist() == ids
     assert model.batch_sizes == [3] * 8 + [3] * 8 + [2] * 8  # 8 tiles in batches of 3, each batch in 8 views
     reduce = {"mean": np.mean, "max": np.max}
     for n, i in enumerate(ids):
-        tiles = [green[i][y:y + 28, x:x + 28] for y in (0, 28) for x in (0, 28)]
+        tiles = [green[i][y : y + 28, x : x + 28] for y in (0, 28) for x in (0, 28)]
         expected_views = np.stack([reduce[tile_combine]([by_hand(t, v) for t in tiles], axis=0) for v in views])
         assert np.allclose(per_view[:, n], expected_views, atol=1e-6)
         assert np.allclose(probs[n], reduce[tta_combine](expected_views, axis=0), atol=1e-6)
@@ -265,12 +320,10 @@ def test_aggregate_tiles_known_answer():
     probs = np.stack([p, 1 - p])  # (2 views, 6 tiles, 2 classes)
     got_ids, mean = aggregate_tiles(ids, probs, "mean")
     assert got_ids.tolist() == ["c", "a", "b"] and mean.dtype == np.float32
-    assert np.allclose(mean, [[[0.2, 0.6], [0.6, 0.1], [0.7, 0.6]],
-                              [[0.8, 0.4], [0.4, 0.9], [0.3, 0.4]]], atol=1e-7)
+    assert np.allclose(mean, [[[0.2, 0.6], [0.6, 0.1], [0.7, 0.6]], [[0.8, 0.4], [0.4, 0.9], [0.3, 0.4]]], atol=1e-7)
     got_ids, top = aggregate_tiles(ids, probs, "max")
     assert got_ids.tolist() == ["c", "a", "b"] and top.dtype == np.float32
-    assert np.allclose(top, [[[0.3, 0.9], [0.8, 0.2], [0.7, 0.6]],
-                             [[0.9, 0.6], [0.6, 1.0], [0.3, 0.4]]], atol=1e-7)
+    assert np.allclose(top, [[[0.3, 0.9], [0.8, 0.2], [0.7, 0.6]], [[0.9, 0.6], [0.6, 1.0], [0.3, 0.4]]], atol=1e-7)
     with pytest.raises(ValueError, match=re.escape("unknown combine 'median' (mean or max)")):
         aggregate_tiles(ids, probs, "median")
 
@@ -294,10 +347,14 @@ def test_an_image_aggregates_the_same_whatever_other_images_share_its_shard():
 def test_write_predictions_stores_float32_probabilities_and_only_the_parts_given(tmp_path):
     probs = np.array([[0.25, 0.5], [1 / 3, 0.75]])  # float64
     labels = np.array([[1, 0], [0, 1]], np.uint8)
-    write_predictions(tmp_path / "p.h5", {
-        "oof": {"ids": np.array(["x", "y"]), "probs": probs, "labels": labels, "views": None},
-        "test": {"ids": [], "probs": np.zeros((0, 2))},  # a part may be empty
-    }, {"model": "m", "fold": 3})
+    write_predictions(
+        tmp_path / "p.h5",
+        {
+            "oof": {"ids": np.array(["x", "y"]), "probs": probs, "labels": labels, "views": None},
+            "test": {"ids": [], "probs": np.zeros((0, 2))},  # a part may be empty
+        },
+        {"model": "m", "fold": 3},
+    )
     with h5py.File(tmp_path / "p.h5") as h5:
         assert list(h5) == ["oof", "test"] and sorted(h5["oof"]) == ["ids", "labels", "probs"]
         assert h5["oof/ids"].asstr()[...].tolist() == ["x", "y"]

@@ -14,10 +14,13 @@ from conftest import TINY, copy_workflow, kill_snakemake_when, run_snakemake, wr
 from hpaflow.predict import LeakError, PredictSettings, run_predict
 
 # Train datasets only: an out-of-fold run, whose default target ends with metrics.json and the report.
-NO_TEST = {**TINY, "datasets": [d for d in TINY["datasets"] if d["role"] == "train"],
-           "models": [{"name": "m", "backbone": "resnet18", "pretrained": False, "epochs": 2, "batch_size": 8}],
-           "predict": {"tta_views": [0, 5]},
-           "resources": {"train": {"threads": 1, "gpu": 0}, "predict": {"threads": 1, "gpu": 0}}}
+NO_TEST = {
+    **TINY,
+    "datasets": [d for d in TINY["datasets"] if d["role"] == "train"],
+    "models": [{"name": "m", "backbone": "resnet18", "pretrained": False, "epochs": 2, "batch_size": 8}],
+    "predict": {"tta_views": [0, 5]},
+    "resources": {"train": {"threads": 1, "gpu": 0}, "predict": {"threads": 1, "gpu": 0}},
+}
 FOLD0 = "results/models/m/fold0"
 
 
@@ -44,10 +47,20 @@ def test_changed_folds_or_labels_retrain_from_scratch(tmp_path, umask_022):
     assert "submission" not in run.stderr and not (wf / "results/submission.csv").exists()
     assert (wf / "results/metrics.json").exists() and (wf / "results/plots/per_class_f1.png").exists()
     # Every output is as readable as a plain write under umask 022 makes it (mkstemp gave 0600).
-    for path in ["results/shards/kaggle_train/0.h5", "results/folds.csv", f"{FOLD0}/best.pt",
-                 f"{FOLD0}/metrics.csv", f"{FOLD0}/checkpoints/last.pt", "results/predictions/m/fold0.h5",
-                 "results/summary/m.h5", "results/ensemble.h5", "results/metrics.json", "results/thresholds.csv",
-                 "results/plots/per_class_f1.png", "data/demo/train.csv"]:
+    for path in [
+        "results/shards/kaggle_train/0.h5",
+        "results/folds.csv",
+        f"{FOLD0}/best.pt",
+        f"{FOLD0}/metrics.csv",
+        f"{FOLD0}/checkpoints/last.pt",
+        "results/predictions/m/fold0.h5",
+        "results/summary/m.h5",
+        "results/ensemble.h5",
+        "results/metrics.json",
+        "results/thresholds.csv",
+        "results/plots/per_class_f1.png",
+        "data/demo/train.csv",
+    ]:
         assert stat.S_IMODE((wf / path).stat().st_mode) == 0o644, path
     stale = tmp_path / "stale_best.pt"
     shutil.copy(wf / f"{FOLD0}/best.pt", stale)
@@ -66,8 +79,15 @@ def test_changed_folds_or_labels_retrain_from_scratch(tmp_path, umask_022):
     leaked = held_out & set(first["train_ids"])
     assert leaked  # the stale model was trained on part of the new fold 0 ...
     with pytest.raises(LeakError, match=f"was trained on {len(leaked)} Id"):  # ... and predict refuses it
-        run_predict(str(stale), train_shards(wf), [], str(wf / "results/folds.csv"), 0, str(tmp_path / "p.h5"),
-                    PredictSettings([0], "mean", "mean", save_views=False, batch_size=8, device="cpu", threads=1))
+        run_predict(
+            str(stale),
+            train_shards(wf),
+            [],
+            str(wf / "results/folds.csv"),
+            0,
+            str(tmp_path / "p.h5"),
+            PredictSettings([0], "mean", "mean", save_views=False, batch_size=8, device="cpu", threads=1),
+        )
     assert not (tmp_path / "p.h5").exists()
 
     # A corrected label: the shard is rebuilt and the model trained afresh on the new labels.
@@ -109,6 +129,8 @@ def test_killed_shard_job_leaves_no_temporary_file_after_the_rerun(tmp_path, uma
     run_snakemake(wf, "--unlock")
     run_snakemake(wf, target)
     assert [p.name for p in shard_dir.iterdir()] == ["0.h5"]
-    assert f"removing {left[0]}, left by an interrupted earlier write of 0.h5" in (
-        wf / "logs/shard/kaggle_train/0.log").read_text()
+    assert (
+        f"removing {left[0]}, left by an interrupted earlier write of 0.h5"
+        in (wf / "logs/shard/kaggle_train/0.log").read_text()
+    )
     assert stat.S_IMODE((shard_dir / "0.h5").stat().st_mode) == 0o644

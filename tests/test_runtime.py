@@ -10,8 +10,9 @@ from hpaflow.runtime import pick_device
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 
 
-@pytest.mark.parametrize("visible,warns", [("0", True), ("1,3", True), (None, False), ("", False),
-                                           ("NoDevFiles", False), ("-1", False)])
+@pytest.mark.parametrize(
+    "visible,warns", [("0", True), ("1,3", True), (None, False), ("", False), ("NoDevFiles", False), ("-1", False)]
+)
 def test_auto_without_cuda(monkeypatch, caplog, visible, warns):
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

@@ -73,18 +73,20 @@ def test_grid_tiles_reassemble(tmp_path):
     assert s.images.shape == (9, 16, 16, 4) and list(s.ids) == ["a"] * 9 and s.labels is None
     full = np.zeros((48, 48, 4), np.uint8)
     for tile, (y, x) in zip(s.images, s.tile_origin):
-        full[y:y + 16, x:x + 16] = tile
+        full[y : y + 16, x : x + 16] = tile
     expected = np.stack([cv2.resize(p, (48, 48), interpolation=cv2.INTER_AREA) for p in src["a"]], -1)
     assert np.array_equal(full, expected)
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda d: (d / "b_blue.png").unlink(), r"b_blue\.png: missing file"),
-    (lambda d: (d / "b_red.png").write_bytes((d / "b_red.png").read_bytes()[:100]), r"b_red\.png: truncated PNG"),
-    (lambda d: (d / "b_red.png").write_bytes(b"garbage" * 50), r"b_red\.png: not a PNG"),
-    (lambda d: cv2.imwrite(str(d / "b_green.png"), np.zeros((40, 40), np.uint8)),
-     r"Id b: channels differ in size"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: (d / "b_blue.png").unlink(), r"b_blue\.png: missing file"),
+        (lambda d: (d / "b_red.png").write_bytes((d / "b_red.png").read_bytes()[:100]), r"b_red\.png: truncated PNG"),
+        (lambda d: (d / "b_red.png").write_bytes(b"garbage" * 50), r"b_red\.png: not a PNG"),
+        (lambda d: cv2.imwrite(str(d / "b_green.png"), np.zeros((40, 40), np.uint8)), r"Id b: channels differ in size"),
+    ],
+)
 def test_bad_image_fails_and_leaves_nothing(tmp_path, damage, message):
     img_dir = tmp_path / "img"
     img_dir.mkdir()
@@ -137,13 +139,18 @@ def test_shard_warns_once_about_12_bit_tiffs(tmp_path, caplog):
         for c in COLORS:
             tifffile.imwrite(tmp_path / f"{i}_{c}.tif", rng.integers(0, 4096, (40, 40), dtype=np.uint16))
     with caplog.at_level("WARNING", logger="hpaflow"):
-        write_shard(tmp_path / "s.h5", spec(tmp_path, fmt="tiff", image_size=40), ["a", "b"],
-                    np.zeros((2, 28), np.uint8))
+        write_shard(
+            tmp_path / "s.h5", spec(tmp_path, fmt="tiff", image_size=40), ["a", "b"], np.zeros((2, 28), np.uint8)
+        )
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "all 8 uint16 planes peak at 4095" in warnings[0], warnings
     caplog.clear()
     with caplog.at_level("WARNING", logger="hpaflow"):
-        write_shard(tmp_path / "t.h5", spec(tmp_path, fmt="tiff", image_size=40, bits=12), ["a", "b"],
-                    np.zeros((2, 28), np.uint8))
+        write_shard(
+            tmp_path / "t.h5",
+            spec(tmp_path, fmt="tiff", image_size=40, bits=12),
+            ["a", "b"],
+            np.zeros((2, 28), np.uint8),
+        )
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     assert read_shard(tmp_path / "s.h5").images.max() == 16 and read_shard(tmp_path / "t.h5").images.max() == 255

@@ -69,29 +69,42 @@ def cluster():
 
 def job_fields(job_id: str) -> dict[str, str]:
     """`scontrol show job -d -o` as key -> value (the job stays known for MinJobAge=600 s)."""
-    out = subprocess.run(["scontrol", "show", "job", "-d", "-o", job_id], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-d", "-o", job_id], capture_output=True, text=True, check=True
+    ).stdout
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
 def squeue_all() -> dict[str, tuple[str, str, str]]:
     """job id -> (partition, state, comment) of every job slurmctld still knows (MinJobAge=600)."""
-    out = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i|%P|%T|%k"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["squeue", "--states=all", "-h", "-o", "%i|%P|%T|%k"], capture_output=True, text=True, check=True
+    ).stdout
     return {i: (p, s, k) for i, p, s, k in (line.split("|", 3) for line in out.splitlines() if line)}
 
 
 def test_dry_run_with_the_users_profile(workflow_dir):
-    subprocess.run([sys.executable, "-m", "snakemake", "-n", "demo_data", "--profile", str(REPO / "profiles/slurm")],
-                   cwd=workflow_dir, check=True, capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "demo_data", "--profile", str(REPO / "profiles/slurm")],
+        cwd=workflow_dir,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # Job sizes for the 2-CPU test node; GPU rules keep gpu: 1 from the schema's defaults.
 SMALL = {"threads": 1, "mem_mb": 1000, "runtime": 30}
 CPU_RULES = ("demo_data", "shard", "folds", "model_summary", "ensemble", "submission", "plots")
-SLURM_CONFIG = {**TINY, "resources": {rule: SMALL for rule in CPU_RULES}
-                | {"train": {**SMALL, "mem_mb": 3000}, "predict": {**SMALL, "mem_mb": 3000}}, "models": [
-    {"name": "m", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False, "epochs": 12, "batch_size": 8}]}
+SLURM_CONFIG = {
+    **TINY,
+    "resources": {rule: SMALL for rule in CPU_RULES}
+    | {"train": {**SMALL, "mem_mb": 3000}, "predict": {**SMALL, "mem_mb": 3000}},
+    "models": [
+        {"name": "m", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False, "epochs": 12, "batch_size": 8}
+    ],
+}
 
 
 def test_workflow_on_slurm_with_a_requeued_train_job(cluster, tmp_path):
@@ -99,23 +112,38 @@ def test_workflow_on_slurm_with_a_requeued_train_job(cluster, tmp_path):
     write_config(wf / "config" / "config.yaml", SLURM_CONFIG)
     before = set(squeue_all())
     profile = test_profile(tmp_path)
-    subprocess.run(["timeout", "-k", "20", "300", sys.executable, "-m", "snakemake", "demo_data", *profile],
-                   cwd=wf, check=True, capture_output=True, timeout=330)
+    subprocess.run(
+        ["timeout", "-k", "20", "300", sys.executable, "-m", "snakemake", "demo_data", *profile],
+        cwd=wf,
+        check=True,
+        capture_output=True,
+        timeout=330,
+    )
     log = open(tmp_path / "snakemake.log", "w")
     # Snakemake ignores SIGTERM while it waits on jobs: timeout -k follows with SIGKILL.
-    run = subprocess.Popen(["timeout", "-k", "20", "1200", sys.executable, "-m", "snakemake", *profile],
-                           cwd=wf, stdout=log, stderr=subprocess.STDOUT)
+    run = subprocess.Popen(
+        ["timeout", "-k", "20", "1200", sys.executable, "-m", "snakemake", *profile],
+        cwd=wf,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     requeued = None
     most_gpu_jobs = 0
     ckpt = wf / "results/models/m/fold0/checkpoints/last.pt"
     deadline = time.monotonic() + 900
     while run.poll() is None and time.monotonic() < deadline:
-        running_gpu = [i for i, (_, state, comment) in squeue_all().items()
-                       if i not in before and state == "RUNNING" and comment.startswith(GPU_RULES)]
+        running_gpu = [
+            i
+            for i, (_, state, comment) in squeue_all().items()
+            if i not in before and state == "RUNNING" and comment.startswith(GPU_RULES)
+        ]
         most_gpu_jobs = max(most_gpu_jobs, len(running_gpu))
         if requeued is None and ckpt.exists():
-            running = [i for i, (_, state, comment) in squeue_all().items()
-                       if i not in before and state == "RUNNING" and comment == "rule_train_wildcards_m_0"]
+            running = [
+                i
+                for i, (_, state, comment) in squeue_all().items()
+                if i not in before and state == "RUNNING" and comment == "rule_train_wildcards_m_0"
+            ]
             if running:
                 requeued = running[0]
                 subprocess.run(["scontrol", "requeue", requeued], check=True)
@@ -136,8 +164,12 @@ def test_workflow_on_slurm_with_a_requeued_train_job(cluster, tmp_path):
     # Every non-local job was an sbatch job: demo_data, shard x6, folds, train x2, predict x2, model_summary,
     # ensemble, submission, plots; `all` and `preprocess` run in the Snakemake process.
     rules = [re.match(r"rule_(.+?)(?:_wildcards_.*)?$", c).group(1) for _, _, c in jobs.values()]
-    assert sorted(rules) == sorted(["demo_data", "folds", "model_summary", "ensemble", "submission", "plots"]
-                                   + ["shard"] * 6 + ["train"] * 2 + ["predict"] * 2), rules
+    assert sorted(rules) == sorted(
+        ["demo_data", "folds", "model_summary", "ensemble", "submission", "plots"]
+        + ["shard"] * 6
+        + ["train"] * 2
+        + ["predict"] * 2
+    ), rules
     assert logged_ids <= set(jobs) and len(logged_ids) == len(jobs)
     for i, (partition, state, comment) in jobs.items():
         assert state == "COMPLETED", (i, state, comment)

@@ -173,8 +173,9 @@ def test_floor_and_shrink_boundaries():
     assert fit(y, p, ThresholdSettings("per_class", 0.0, 6, True))[0] == t_global
     # shrink 0 leaves the per-class values as they are (also for a class without positives).
     y[:, 0] = 0
-    assert np.array_equal(fit(y, p, ThresholdSettings("per_class", 0, 0, True)),
-                          fit(y, p, ThresholdSettings("per_class", 0.0, 0, True)))
+    assert np.array_equal(
+        fit(y, p, ThresholdSettings("per_class", 0, 0, True)), fit(y, p, ThresholdSettings("per_class", 0.0, 0, True))
+    )
     shrunk = fit(y, p, ThresholdSettings("per_class", 0.5, 0, True))
     assert shrunk[0] == pytest.approx(t_global)  # no positives: all weight on the global value
 

@@ -16,10 +16,24 @@ from conftest import TINY, copy_workflow, kill_snakemake_when, run_snakemake, wr
 from hpaflow.labels import encode, parse_target
 
 MODELS = [
-    {"name": "r18_gyb", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False, "epochs": 2,
-     "batch_size": 16},
-    {"name": "r18_rgby", "backbone": "resnet18", "color_mode": "rgby", "pretrained": False, "epochs": 1,
-     "batch_size": 16, "sampler": "oversample_rare", "loss": "focal"},
+    {
+        "name": "r18_gyb",
+        "backbone": "resnet18",
+        "color_mode": "gyb",
+        "pretrained": False,
+        "epochs": 2,
+        "batch_size": 16,
+    },
+    {
+        "name": "r18_rgby",
+        "backbone": "resnet18",
+        "color_mode": "rgby",
+        "pretrained": False,
+        "epochs": 1,
+        "batch_size": 16,
+        "sampler": "oversample_rare",
+        "loss": "focal",
+    },
 ]
 E2E = {**TINY, "models": MODELS, "resources": {"train": {"threads": 2, "gpu": 0}, "predict": {"threads": 2, "gpu": 0}}}
 
@@ -78,9 +92,13 @@ def test_training_wrote_metrics_and_progress(e2e):
             assert "img/s" in log and "ETA" in log and "done: best validation macro F1" in log
 
 
-RESUME = {**TINY, "resources": {"train": {"threads": 1, "gpu": 0}},
-          "models": [{"name": "m", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False,
-                      "epochs": 4, "batch_size": 8}]}
+RESUME = {
+    **TINY,
+    "resources": {"train": {"threads": 1, "gpu": 0}},
+    "models": [
+        {"name": "m", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False, "epochs": 4, "batch_size": 8}
+    ],
+}
 TARGET = "results/models/m/fold0/best.pt"
 
 

@@ -57,7 +57,7 @@ def test_augment_batch_identity_views_and_range():
     views[:, 0] = torch.tensor([0, 3, 6])
     out = augment_batch(x, views)
     for i, v in enumerate([0, 3, 6]):  # each sample gets its own dihedral view
-        assert torch.equal(out[i], dihedral_batch(x[i:i + 1], v)[0])
+        assert torch.equal(out[i], dihedral_batch(x[i : i + 1], v)[0])
     rnd = torch.from_numpy(np.stack([sample_params(np.random.default_rng(k)) for k in range(3)]))
     out = augment_batch(x, rnd)
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, x)

@@ -10,8 +10,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from hpaflow.visdom import VisdomPlot
 
-HISTORY = [{"epoch": 1, "train_loss": 0.5, "val_bce": 0.4, "val_f1_at_0.5": 0.1, "val_f1_best_global": 0.2},
-           {"epoch": 2, "train_loss": 0.3, "val_bce": 0.35, "val_f1_at_0.5": 0.2, "val_f1_best_global": 0.3}]
+HISTORY = [
+    {"epoch": 1, "train_loss": 0.5, "val_bce": 0.4, "val_f1_at_0.5": 0.1, "val_f1_best_global": 0.2},
+    {"epoch": 2, "train_loss": 0.3, "val_bce": 0.35, "val_f1_at_0.5": 0.2, "val_f1_best_global": 0.3},
+]
 
 
 def test_posts_curves_to_the_server():
@@ -29,8 +31,11 @@ def test_posts_curves_to_the_server():
 
     server = HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.handle_request, daemon=True).start()
-    plot = VisdomPlot({"server": "http://127.0.0.1", "port": server.server_address[1], "env": "t"},
-                      "m_fold0", logging.getLogger("test"))
+    plot = VisdomPlot(
+        {"server": "http://127.0.0.1", "port": server.server_address[1], "env": "t"},
+        "m_fold0",
+        logging.getLogger("test"),
+    )
     plot.update(HISTORY)
     server.server_close()
     assert plot.enabled

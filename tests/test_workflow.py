@@ -19,7 +19,6 @@ from hpaflow.shards import read_shard
 COLORS = ["red", "green", "blue", "yellow"]
 
 
-
 def reference_planes(images: Path, image_id: str, fmt: str) -> list[np.ndarray]:
     """The source channels decoded independently of hpaflow.io, as the spec describes them."""
     out = []
@@ -31,8 +30,12 @@ def reference_planes(images: Path, image_id: str, fmt: str) -> list[np.ndarray]:
             out.append(v if v.dtype == np.uint8 else np.round(v.astype(np.float64) * 255 / 65535).astype(np.uint8))
         else:
             bgr = cv2.imread(str(images / f"{image_id}_{c}.jpg"), cv2.IMREAD_COLOR).astype(np.float64)
-            plane = {"red": bgr[..., 2], "green": bgr[..., 1], "blue": bgr[..., 0],
-                     "yellow": np.floor((bgr[..., 2] + bgr[..., 1]) / 2 + 0.5)}[c]
+            plane = {
+                "red": bgr[..., 2],
+                "green": bgr[..., 1],
+                "blue": bgr[..., 0],
+                "yellow": np.floor((bgr[..., 2] + bgr[..., 1]) / 2 + 0.5),
+            }[c]
             out.append(plane.astype(np.uint8))
     return out
 
@@ -87,8 +90,9 @@ def test_rerun_has_nothing_to_do(demo_run):
 
 
 def test_without_a_test_dataset_the_default_target_skips_the_submission(demo_run, tmp_path):
-    train_only = write_config(tmp_path / "train_only.yaml",
-                              {"datasets": [d for d in TINY["datasets"] if d["role"] == "train"]})
+    train_only = write_config(
+        tmp_path / "train_only.yaml", {"datasets": [d for d in TINY["datasets"] if d["role"] == "train"]}
+    )
     counts = plan(run_snakemake(demo_run, "-n", "--configfile", str(train_only)))
     assert "submission" not in counts and counts["ensemble"] == "1" and counts["plots"] == "1"
     asked = run_snakemake(demo_run, "-n", "results/submission.csv", "--configfile", str(train_only), check=False)
@@ -100,16 +104,17 @@ def test_without_a_test_dataset_the_default_target_skips_the_submission(demo_run
 def test_n_folds_beyond_the_train_ids_fails_at_planning(demo_run):
     proc = run_snakemake(demo_run, "-n", "--config", "n_folds=37", check=False)
     assert proc.returncode != 0
-    assert ("n_folds: 37 folds need at least 37 train images; the train datasets hold 36 "
-            "(kaggle_train 24, fullsize_train 6, hpav18 6)") in proc.stdout + proc.stderr
+    assert (
+        "n_folds: 37 folds need at least 37 train images; the train datasets hold 36 "
+        "(kaggle_train 24, fullsize_train 6, hpav18 6)"
+    ) in proc.stdout + proc.stderr
     run_snakemake(demo_run, "-n", "--config", "n_folds=36")
 
 
 def test_home_folder_in_data_root(demo_run):
     # Before, "data_root: folder ~/data/demo does not exist". The shards' params now name the full
     # path, so their jobs are planned again.
-    proc = run_snakemake(demo_run, "-n", "preprocess", "--config", "data_root=~/data/demo",
-                         env={"HOME": str(demo_run)})
+    proc = run_snakemake(demo_run, "-n", "preprocess", "--config", "data_root=~/data/demo", env={"HOME": str(demo_run)})
     assert plan(proc)["shard"] == "6"  # 24, 6, 6 and 8 Ids in shards of 10
 
 
@@ -120,8 +125,12 @@ def test_real_hpav18_sample_through_preprocess(workflow_dir):
     for c in COLORS:
         shutil.copy(DATA / f"89_B5_1_{c}.jpg", root / "hpav18" / f"{image_id}_{c}.jpg")
     (root / "v18.csv").write_text(f"Id,Target\n{image_id},6\n")
-    cfg = {"data_root": "hpa", "image_size": 512, "models": TINY["models"],
-           "datasets": [{"name": "v18", "format": "jpg", "images": "hpav18", "labels": "v18.csv", "role": "train"}]}
+    cfg = {
+        "data_root": "hpa",
+        "image_size": 512,
+        "models": TINY["models"],
+        "datasets": [{"name": "v18", "format": "jpg", "images": "hpav18", "labels": "v18.csv", "role": "train"}],
+    }
     write_config(workflow_dir / "config" / "config.yaml", cfg)
     run_snakemake(workflow_dir, "preprocess")
     s = read_shard(workflow_dir / "results/shards/v18/0.h5")
@@ -129,8 +138,12 @@ def test_real_hpav18_sample_through_preprocess(workflow_dir):
     assert np.flatnonzero(s.labels[0]).tolist() == [6]
     for k, c in enumerate(COLORS):
         bgr = cv2.imread(str(DATA / f"89_B5_1_{c}.jpg"), cv2.IMREAD_COLOR).astype(np.float32)
-        plane = {"red": bgr[..., 2], "green": bgr[..., 1], "blue": bgr[..., 0],
-                 "yellow": (bgr[..., 2] + bgr[..., 1]) / 2}[c]
+        plane = {
+            "red": bgr[..., 2],
+            "green": bgr[..., 1],
+            "blue": bgr[..., 0],
+            "yellow": (bgr[..., 2] + bgr[..., 1]) / 2,
+        }[c]
         expected = cv2.resize(plane, (512, 512), interpolation=cv2.INTER_AREA)
         assert np.abs(s.images[0, :, :, k].astype(np.float32) - expected).max() <= 2, c
 
@@ -144,20 +157,24 @@ def test_bad_image_fails_the_job_and_leaves_no_shard(tmp_path, workflow_dir):
     proc = run_snakemake(workflow_dir, "results/shards/hpav18/0.h5", check=False)
     assert proc.returncode != 0
     assert not (workflow_dir / "results/shards/hpav18").exists() or not any(
-        (workflow_dir / "results/shards/hpav18").iterdir())
+        (workflow_dir / "results/shards/hpav18").iterdir()
+    )
     log = (workflow_dir / "logs/shard/hpav18/0.log").read_text()
     assert f"{victim}_yellow.jpg: missing file" in log and "1 of 6 image(s) failed" in log
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--config", "image_sise=64"], r"image_sise"),
-    (["--config", "shard_size=big"], r"shard_size"),
-    (["--config", "hdf5_compression=zstd"], r"hdf5_compression"),
-    (["--config", "data_root=no/such/dir"], r"data_root: folder no/such/dir does not exist"),
-    (["--config", "tiling=grid", "tile_size=48"], r"tile_size: 48 does not divide image_size 64"),
-    (["--config", "image_size=64.0"], r"image_size: 64\.0 is not of type 'integer'"),
-    (["--config", "n_folds=2.0"], r"n_folds: 2\.0 is not of type 'integer'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--config", "image_sise=64"], r"image_sise"),
+        (["--config", "shard_size=big"], r"shard_size"),
+        (["--config", "hdf5_compression=zstd"], r"hdf5_compression"),
+        (["--config", "data_root=no/such/dir"], r"data_root: folder no/such/dir does not exist"),
+        (["--config", "tiling=grid", "tile_size=48"], r"tile_size: 48 does not divide image_size 64"),
+        (["--config", "image_size=64.0"], r"image_size: 64\.0 is not of type 'integer'"),
+        (["--config", "n_folds=2.0"], r"n_folds: 2\.0 is not of type 'integer'"),
+    ],
+)
 def test_config_errors_name_the_key(workflow_dir, args, message):
     proc = run_snakemake(workflow_dir, "-n", *args, check=False)
     assert proc.returncode != 0
@@ -178,20 +195,32 @@ def test_bad_label_row_fails_at_planning(workflow_dir):
     (root / "train.csv").write_text("Id,Target\na,0\nb,3 31\n")
     proc = run_snakemake(workflow_dir, "-n", "preprocess", check=False)
     assert proc.returncode != 0
-    assert re.search(r"datasets\[0\] \('kaggle_train'\): .*train\.csv: line 3 \(Id b\): label '31'",
-                     proc.stdout + proc.stderr)
+    assert re.search(
+        r"datasets\[0\] \('kaggle_train'\): .*train\.csv: line 3 \(Id b\): label '31'", proc.stdout + proc.stderr
+    )
 
 
 @needs_shared
 def test_full_scale_plan_has_no_per_image_jobs(workflow_dir, tmp_path):
     for name in ["train.csv", "sample_submission.csv", "HPAv18RBGY_wodpl.csv"]:
         shutil.copy(SHARED / "hpa" / name, tmp_path / name)
-    proc = run_snakemake(workflow_dir, "-n", "--configfile", "config/hpa_kaggle.yaml",
-                         "--config", f"data_root={tmp_path}")
+    proc = run_snakemake(
+        workflow_dir, "-n", "--configfile", "config/hpa_kaggle.yaml", "--config", f"data_root={tmp_path}"
+    )
     counts = plan(proc)
     # 31,072 / 1024 -> 31 shards, 74,606 -> 73, 11,702 -> 12; 3 models x 5 folds.
-    assert counts == {"shard": "116", "folds": "1", "train": "15", "predict": "15", "model_summary": "3",
-                      "ensemble": "1", "submission": "1", "plots": "1", "all": "1", "total": "154"}
+    assert counts == {
+        "shard": "116",
+        "folds": "1",
+        "train": "15",
+        "predict": "15",
+        "model_summary": "3",
+        "ensemble": "1",
+        "submission": "1",
+        "plots": "1",
+        "all": "1",
+        "total": "154",
+    }
     gpus = re.findall(r"^rule (train|predict):\n(?:    .*\n)*?    resources: .*?\bgpu=(\d+)", proc.stdout, re.M)
     assert len(gpus) == 30 and all(n == "1" for _, n in gpus), gpus
 
@@ -199,4 +228,3 @@ def test_full_scale_plan_has_no_per_image_jobs(workflow_dir, tmp_path):
 def test_lint_is_clean(workflow_dir):
     proc = run_snakemake(workflow_dir, "--lint")
     assert "Congratulations" in proc.stdout + proc.stderr
-

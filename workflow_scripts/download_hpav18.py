@@ -8,7 +8,8 @@ with logged(snakemake.log[0]) as log:
     part = int(snakemake.wildcards.part)
     mine = list(ids[part_rows(len(ids), part, p.parts)])
     settings = FetchSettings.from_config(p.config)
-    log.info("HPAv18 part %d of %d: %d Ids (%d files) from %s", part, p.parts, len(mine), 4 * len(mine),
-             settings.base_url)
+    log.info(
+        "HPAv18 part %d of %d: %d Ids (%d files) from %s", part, p.parts, len(mine), 4 * len(mine), settings.base_url
+    )
     counts = download_hpav18(mine, p.out_dir, settings, snakemake.output[0])
     log.info("done: %s", counts)

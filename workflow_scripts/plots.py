@@ -4,5 +4,10 @@ from hpaflow.runlog import logged
 with logged(snakemake.log[0]):
     p = snakemake.params
     keys = [(m, k) for m in p.models for k in p.folds]
-    all_figures(snakemake.input.metrics, snakemake.input.ensemble, dict(zip(keys, snakemake.input.curves)),
-                list(snakemake.input.shards), dict(snakemake.output.items()))
+    all_figures(
+        snakemake.input.metrics,
+        snakemake.input.ensemble,
+        dict(zip(keys, snakemake.input.curves)),
+        list(snakemake.input.shards),
+        dict(snakemake.output.items()),
+    )

@@ -54,8 +54,9 @@ def augment_batch(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     return out.clamp(0.0, 1.0)
 
 
-def prepare_batch(rgby: torch.Tensor, mode: str, device: torch.device,
-                  params: torch.Tensor | None = None) -> torch.Tensor:
+def prepare_batch(
+    rgby: torch.Tensor, mode: str, device: torch.device, params: torch.Tensor | None = None
+) -> torch.Tensor:
     """uint8 RGBY batch from the loader -> normalised model input on `device` (NHWC on CUDA)."""
     x = compose_batch(rgby.to(device, non_blocking=True), mode)
     if params is not None:

@@ -43,8 +43,9 @@ def _with_defaults(cls):
                             given.setdefault(key, copy.deepcopy(value))
         yield from check_properties(validator, props, instance, schema)
 
-    return jsonschema.validators.extend(cls, {"properties": properties},
-                                        type_checker=cls.TYPE_CHECKER.redefine("integer", _strict_integer))
+    return jsonschema.validators.extend(
+        cls, {"properties": properties}, type_checker=cls.TYPE_CHECKER.redefine("integer", _strict_integer)
+    )
 
 
 def key_path(path) -> str:
@@ -115,8 +116,10 @@ def check_fold_count(config: dict, tables: dict[str, LabelTable]) -> None:
     n = sum(len(t) for t in tables.values())
     if n < config["n_folds"]:
         counts = ", ".join(f"{name} {len(t)}" for name, t in tables.items())
-        raise ConfigError(f"n_folds: {config['n_folds']} folds need at least {config['n_folds']} train images; "
-                          f"the train datasets hold {n} ({counts})")
+        raise ConfigError(
+            f"n_folds: {config['n_folds']} folds need at least {config['n_folds']} train images; "
+            f"the train datasets hold {n} ({counts})"
+        )
 
 
 def dataset_path(config: dict, i: int, key: str) -> Path:
@@ -151,9 +154,11 @@ def _type_of(node: dict) -> str:
 
 
 def _bounds(node: dict) -> str:
-    parts = [f"{word} {node[key]}" for key, word in (("minimum", ">="), ("exclusiveMinimum", ">"),
-                                                     ("maximum", "<="), ("minItems", "items >="))
-             if key in node]
+    parts = [
+        f"{word} {node[key]}"
+        for key, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("minItems", "items >="))
+        if key in node
+    ]
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -181,10 +186,15 @@ def _rows(node: dict, prefix: str, required: set[str], root: dict):
 
 def schema_reference(schema: dict) -> str:
     """config/README.md: every key of the schema with its type, default and meaning (generated)."""
-    lines = ["# Configuration keys", "",
-             "Generated from `config/schemas/config.schema.yaml` by `make config-readme`; a test fails when",
-             "this file and the schema differ. " + " ".join(schema.get("description", "").split()), "",
-             "| key | type | default | meaning |", "|---|---|---|---|"]
+    lines = [
+        "# Configuration keys",
+        "",
+        "Generated from `config/schemas/config.schema.yaml` by `make config-readme`; a test fails when",
+        "this file and the schema differ. " + " ".join(schema.get("description", "").split()),
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
     table = [(schema, "", set(schema.get("required", [])))]
     for name, shape in schema.get("$defs", {}).items():
         table.append((shape, f"<{name}>.", set(shape.get("required", []))))

@@ -41,15 +41,25 @@ class ShardRows:
         has = [x is not None for x in labels]
         if any(has) and not all(has):
             raise ValueError("shards mix train (labelled) and test (unlabelled) data")
-        return cls(files, np.concatenate(fi), np.concatenate(rows), np.concatenate(ids),
-                   np.concatenate(labels) if all(has) and labels else None)
+        return cls(
+            files,
+            np.concatenate(fi),
+            np.concatenate(rows),
+            np.concatenate(ids),
+            np.concatenate(labels) if all(has) and labels else None,
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, mask: np.ndarray) -> ShardRows:
-        return ShardRows(self.files, self.file_index[mask], self.row[mask], self.ids[mask],
-                         None if self.labels is None else self.labels[mask])
+        return ShardRows(
+            self.files,
+            self.file_index[mask],
+            self.row[mask],
+            self.ids[mask],
+            None if self.labels is None else self.labels[mask],
+        )
 
 
 def fold_of(rows: ShardRows, folds_csv: str | Path) -> np.ndarray:
@@ -96,8 +106,11 @@ class ShardDataset(Dataset):
         x = resize(self.read(i), self.size)
         params = sample_params(np.random.default_rng([self.seed, self.epoch, i])) if self.train else IDENTITY
         y = self.rows.labels[i] if self.rows.labels is not None else np.zeros(NUM_CLASSES, np.uint8)
-        return (torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), torch.from_numpy(params),
-                torch.from_numpy(y.astype(np.float32)))
+        return (
+            torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
+            torch.from_numpy(params),
+            torch.from_numpy(y.astype(np.float32)),
+        )
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

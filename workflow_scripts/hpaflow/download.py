@@ -49,8 +49,9 @@ class FetchSettings:
     @classmethod
     def from_config(cls, config: dict) -> FetchSettings:
         d = config["download"]
-        return cls(config["hpav18_base_url"], d["concurrency"], d["retries"], d["backoff_s"], d["timeout_s"],
-                   d["resize"])
+        return cls(
+            config["hpav18_base_url"], d["concurrency"], d["retries"], d["backoff_s"], d["timeout_s"], d["resize"]
+        )
 
 
 def hpav18_url(base_url: str, image_id: str, color: str) -> str:
@@ -128,8 +129,7 @@ def download_hpav18(ids: list[str], out_dir: str | Path, s: FetchSettings, repor
     progress = Progress(len(tasks), "hpav18 download", "files", log=log)
     rows = []
     with ThreadPoolExecutor(max_workers=s.concurrency) as pool:
-        futures = {pool.submit(fetch, hpav18_url(s.base_url, i, c), out / f"{i}_{c}.jpg", s): (i, c)
-                   for i, c in tasks}
+        futures = {pool.submit(fetch, hpav18_url(s.base_url, i, c), out / f"{i}_{c}.jpg", s): (i, c) for i, c in tasks}
         for fut in as_completed(futures):
             i, c = futures[fut]
             status, detail = fut.result()
@@ -147,7 +147,8 @@ def download_hpav18(ids: list[str], out_dir: str | Path, s: FetchSettings, repor
         raise DownloadError(
             f"{len(bad)} of {len(df)} file(s) not downloaded ({counts}); e.g. {first['Id']}_{first['color']}.jpg: "
             f"{first['status']} ({first['detail']}). All failures: {report.with_suffix('.failures.tsv')}. "
-            "A rerun fetches only what is missing.")
+            "A rerun fetches only what is missing."
+        )
     with atomic_path(report) as tmp:
         df.to_csv(tmp, sep="\t", index=False)
     return counts
@@ -163,17 +164,21 @@ def download_kaggle(data_root: str | Path, competition: str = KAGGLE_COMPETITION
         raise DownloadError(
             "the kaggle command is not installed (it comes with requirements.txt: `make venv`); then log in "
             "(`kaggle auth login`, or a token from https://www.kaggle.com/settings/api) and accept the "
-            f"competition rules at https://www.kaggle.com/c/{competition}/rules")
+            f"competition rules at https://www.kaggle.com/c/{competition}/rules"
+        )
     root.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([cli, "competitions", "download", "-c", competition, "-p", str(root)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [cli, "competitions", "download", "-c", competition, "-p", str(root)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip()
         hint = ""
         if any(k in msg.lower() for k in ("401", "authentication", "credentials", "kaggle.json", "token")):
-            hint = (" Missing or wrong Kaggle credentials: run `kaggle auth login`, or create a token at "
-                    "https://www.kaggle.com/settings/api and export KAGGLE_API_TOKEN (or save it to "
-                    "~/.kaggle/access_token).")
+            hint = (
+                " Missing or wrong Kaggle credentials: run `kaggle auth login`, or create a token at "
+                "https://www.kaggle.com/settings/api and export KAGGLE_API_TOKEN (or save it to "
+                "~/.kaggle/access_token)."
+            )
         elif "403" in msg:
             hint = f" Accept the competition rules first: https://www.kaggle.com/c/{competition}/rules"
         raise DownloadError(f"kaggle competitions download failed: {msg[-500:]}.{hint}")

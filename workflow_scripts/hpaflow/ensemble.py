@@ -37,8 +37,12 @@ class EnsembleSettings:
     @classmethod
     def from_config(cls, config: dict) -> EnsembleSettings:
         th, ens = config["thresholds"], config["ensemble"]
-        return cls(list(dict.fromkeys(th["methods"] + [th["final"]])), ThresholdSettings.from_config(config),
-                   ens["weights"], ens["weight_step"])
+        return cls(
+            list(dict.fromkeys(th["methods"] + [th["final"]])),
+            ThresholdSettings.from_config(config),
+            ens["weights"],
+            ens["weight_step"],
+        )
 
 
 def weighted_mean(probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
@@ -67,8 +71,9 @@ def fit_weights(y: np.ndarray, probs: list[np.ndarray], step: float) -> np.ndarr
     return best
 
 
-def combine_models(models: dict[str, Predictions], weighting: str,
-                   step: float) -> tuple[Predictions, np.ndarray, np.ndarray | None]:
+def combine_models(
+    models: dict[str, Predictions], weighting: str, step: float
+) -> tuple[Predictions, np.ndarray, np.ndarray | None]:
     """Mean (or OOF-fitted weighted mean) of the models' probabilities.
 
     Returns the ensemble, its final weights (fitted on all OOF rows), and, for fitted weights, the
@@ -96,45 +101,67 @@ def combine_models(models: dict[str, Predictions], weighting: str,
     return ens, w, crossed
 
 
-def run_ensemble(model_files: dict[str, str], settings: EnsembleSettings, out_h5: str, out_json: str,
-                 out_thresholds: str) -> dict:
+def run_ensemble(
+    model_files: dict[str, str], settings: EnsembleSettings, out_h5: str, out_json: str, out_thresholds: str
+) -> dict:
     """metrics.json for every model and the ensemble; the ensemble's probabilities and thresholds."""
     final, methods = settings.final, settings.methods
     models = {name: load_predictions(f) for name, f in model_files.items()}
     first = next(iter(models.values()))
     prior = first.labels.mean(0)  # out-of-fold rows are all train Ids: their label rate is the training prior
-    metrics: dict = {"n_train": int(len(first.labels)), "n_test": int(len(first.test_ids)),
-                     "training_frequency": dict(zip(CLASS_NAMES, np.round(prior, 5).tolist())),
-                     "prior_baseline": {"f1": prior_baseline_f1(prior, prior),
-                                        "what": "each class predicted at random at its training rate "
-                                                "(expected macro F1)"},
-                     "models": {}}
+    metrics: dict = {
+        "n_train": int(len(first.labels)),
+        "n_test": int(len(first.test_ids)),
+        "training_frequency": dict(zip(CLASS_NAMES, np.round(prior, 5).tolist())),
+        "prior_baseline": {
+            "f1": prior_baseline_f1(prior, prior),
+            "what": "each class predicted at random at its training rate (expected macro F1)",
+        },
+        "models": {},
+    }
     for name, m in models.items():
         metrics["models"][name], _ = score(m, methods, final, prior)
-        log.info("%s: out-of-fold macro F1 %.4f at 0.5, %.4f cross-fitted (%s)", name,
-                 metrics["models"][name]["f1_at_0.5"], metrics["models"][name]["f1_cross_fitted"], final.method)
+        log.info(
+            "%s: out-of-fold macro F1 %.4f at 0.5, %.4f cross-fitted (%s)",
+            name,
+            metrics["models"][name]["f1_at_0.5"],
+            metrics["models"][name]["f1_cross_fitted"],
+            final.method,
+        )
 
     ens, weights, crossed_probs = combine_models(models, settings.weights, settings.weight_step)
     ens_metrics, ens_eval = score(ens, methods, final, prior)
     if crossed_probs is not None:
         # Weights and thresholds both fitted without the held-out fold.
-        crossed_pred = cross_fit(crossed_probs, ens.folds,
-                                 lambda rows: fit(ens.labels[rows], crossed_probs[rows], final, prior),
-                                 final.at_least_one)
+        crossed_pred = cross_fit(
+            crossed_probs,
+            ens.folds,
+            lambda rows: fit(ens.labels[rows], crossed_probs[rows], final, prior),
+            final.at_least_one,
+        )
         ens_metrics["f1_cross_fitted_with_weights"] = macro_f1(ens.labels, crossed_pred)
     ens_metrics["weights"] = dict(zip(models, np.round(weights, 4).tolist()))
     metrics["ensemble"] = ens_metrics
     member_mean = float(np.mean([metrics["models"][n]["f1_cross_fitted"] for n in models]))
     metrics["ensemble"]["members_mean_f1_cross_fitted"] = member_mean
-    log.info("ensemble: out-of-fold macro F1 %.4f cross-fitted (members' mean %.4f; prior-only baseline %.4f)",
-             ens_metrics["f1_cross_fitted"], member_mean, metrics["prior_baseline"]["f1"])
+    log.info(
+        "ensemble: out-of-fold macro F1 %.4f cross-fitted (members' mean %.4f; prior-only baseline %.4f)",
+        ens_metrics["f1_cross_fitted"],
+        member_mean,
+        metrics["prior_baseline"]["f1"],
+    )
 
     t_final = ens_eval["thresholds"]
-    save_predictions(ens, out_h5, {"weights": weights, "final_method": final.method},
-                     {h5n.THRESHOLDS: t_final, h5n.OOF_PRED_CROSS_FITTED: ens_eval["cross_fitted_pred"]})
+    save_predictions(
+        ens,
+        out_h5,
+        {"weights": weights, "final_method": final.method},
+        {h5n.THRESHOLDS: t_final, h5n.OOF_PRED_CROSS_FITTED: ens_eval["cross_fitted_pred"]},
+    )
     with atomic_path(out_thresholds) as tmp:
         pd.DataFrame({"class": range(len(CLASS_NAMES)), "name": CLASS_NAMES, "threshold": t_final}).to_csv(
-            tmp, index=False)
+            tmp, index=False
+        )
     with atomic_path(out_json) as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
     return metrics

@@ -21,8 +21,14 @@ def assign_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     return rebalance(labels, fold, n_folds, np.random.default_rng(seed))
 
 
-def rebalance(labels: np.ndarray, fold: np.ndarray, n_folds: int, rng: np.random.Generator,
-              max_swaps: int = 10_000, candidates: int = 256) -> np.ndarray:
+def rebalance(
+    labels: np.ndarray,
+    fold: np.ndarray,
+    n_folds: int,
+    rng: np.random.Generator,
+    max_swaps: int = 10_000,
+    candidates: int = 256,
+) -> np.ndarray:
     """Swap pairs of images between folds until each class is within 1 of an even split.
 
     Iterative stratification is greedy and, on small or dense label sets, can leave a
@@ -70,8 +76,9 @@ def folds_table(tables: dict[str, LabelTable], n_folds: int, seed: int) -> pd.Da
     if len(dup):
         first = dup["Id"].iloc[0]
         where = ", ".join(dup.loc[dup["Id"] == first, "dataset"])
-        raise ValueError(f"Id {first!r} appears in more than one train dataset ({where}); "
-                         "Ids must be unique across train datasets")
+        raise ValueError(
+            f"Id {first!r} appears in more than one train dataset ({where}); Ids must be unique across train datasets"
+        )
     labels = np.concatenate([t.labels for t in tables.values()])
     df["fold"] = assign_folds(labels, n_folds, seed)
     return df

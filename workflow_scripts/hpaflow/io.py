@@ -69,12 +69,16 @@ class Uint16Scaling:
         if not self.planes:
             return None
         if self.clipped:
-            return (f"{self.clipped} of {self.planes} uint16 planes hold values above {(1 << self.bits) - 1} "
-                    f"(peak {self.peak}), clipped to 255: are they more than {self.bits}-bit data? "
-                    "(dataset key `bits`)")
+            return (
+                f"{self.clipped} of {self.planes} uint16 planes hold values above {(1 << self.bits) - 1} "
+                f"(peak {self.peak}), clipped to 255: are they more than {self.bits}-bit data? "
+                "(dataset key `bits`)"
+            )
         if self.bits == 16 and self.peak < 4096:
-            return (f"all {self.planes} uint16 planes peak at {self.peak} (< 4096): 12-bit camera data? Mapped "
-                    "over the full 16-bit range they come out 16x dimmer; set `bits: 12` on this dataset")
+            return (
+                f"all {self.planes} uint16 planes peak at {self.peak} (< 4096): 12-bit camera data? Mapped "
+                "over the full 16-bit range they come out 16x dimmer; set `bits: 12` on this dataset"
+            )
         return None
 
 
@@ -115,8 +119,6 @@ def _rounded_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cv2.subtract(cv2.bitwise_or(a, b), cv2.bitwise_xor(a, b) >> 1)
 
 
-
-
 def decode_hpav18_jpeg(path: Path, color: str) -> np.ndarray:
     """The plane of an HPAv18 RGB JPEG that carries `color`."""
     data = _read_bytes(path)
@@ -152,8 +154,9 @@ def decode_channel(path: Path, fmt: str, color: str, scaling: Uint16Scaling | No
     raise ValueError(f"unknown image format {fmt!r} (expected png, tiff or jpg)")
 
 
-def read_rgby(images_dir: str | Path, image_id: str, fmt: str, size: int | None = None,
-              scaling: Uint16Scaling | None = None) -> np.ndarray:
+def read_rgby(
+    images_dir: str | Path, image_id: str, fmt: str, size: int | None = None, scaling: Uint16Scaling | None = None
+) -> np.ndarray:
     """The four channels of one Id as uint8 (H, W, 4), RGBY order; all must share one square shape.
 
     With `size`, each plane is resized (cv2 INTER_AREA) to size x size as it is read, which

@@ -12,13 +12,34 @@ import pandas as pd
 
 NUM_CLASSES = 28
 CLASS_NAMES = (
-    "Nucleoplasm", "Nuclear membrane", "Nucleoli", "Nucleoli fibrillar center",
-    "Nuclear speckles", "Nuclear bodies", "Endoplasmic reticulum", "Golgi apparatus",
-    "Peroxisomes", "Endosomes", "Lysosomes", "Intermediate filaments", "Actin filaments",
-    "Focal adhesion sites", "Microtubules", "Microtubule ends", "Cytokinetic bridge",
-    "Mitotic spindle", "Microtubule organizing center", "Centrosome", "Lipid droplets",
-    "Plasma membrane", "Cell junctions", "Mitochondria", "Aggresome", "Cytosol",
-    "Cytoplasmic bodies", "Rods & rings",
+    "Nucleoplasm",
+    "Nuclear membrane",
+    "Nucleoli",
+    "Nucleoli fibrillar center",
+    "Nuclear speckles",
+    "Nuclear bodies",
+    "Endoplasmic reticulum",
+    "Golgi apparatus",
+    "Peroxisomes",
+    "Endosomes",
+    "Lysosomes",
+    "Intermediate filaments",
+    "Actin filaments",
+    "Focal adhesion sites",
+    "Microtubules",
+    "Microtubule ends",
+    "Cytokinetic bridge",
+    "Mitotic spindle",
+    "Microtubule organizing center",
+    "Centrosome",
+    "Lipid droplets",
+    "Plasma membrane",
+    "Cell junctions",
+    "Mitochondria",
+    "Aggresome",
+    "Cytosol",
+    "Cytoplasmic bodies",
+    "Rods & rings",
 )
 assert len(CLASS_NAMES) == NUM_CLASSES
 
@@ -71,8 +92,11 @@ def check_field_counts(path: Path) -> None:
         n_header = len(next(rows, []))
         for line, row in enumerate(rows, start=2):
             if row and len(row) != n_header:
-                hint = (" (labels of one image are separated by spaces: `Id,Target` then `a,1 2`)"
-                        if len(row) > n_header else "")
+                hint = (
+                    " (labels of one image are separated by spaces: `Id,Target` then `a,1 2`)"
+                    if len(row) > n_header
+                    else ""
+                )
                 raise LabelError(f"{path}: line {line}: {len(row)} fields, the header has {n_header}{hint}")
 
 
@@ -107,8 +131,7 @@ def read_labels(path: str, with_targets: bool) -> LabelTable:
         first = dup.iloc[0]
         lines = [str(i + 2) for i in np.flatnonzero(ids.to_numpy() == first)]
         raise LabelError(
-            f"{path}: duplicate Id {first!r} on lines {', '.join(lines)}"
-            f" ({dup.nunique()} duplicated Id(s) in all)"
+            f"{path}: duplicate Id {first!r} on lines {', '.join(lines)} ({dup.nunique()} duplicated Id(s) in all)"
         )
     labels = None
     if with_targets:

@@ -47,17 +47,34 @@ class Backbone:
 
 
 BACKBONES: dict[str, Backbone] = {
-    "resnet18": Backbone(_torchvision("resnet18"), ("resnet18-5c106cde.pth", "resnet18-f37072fd.pth"),
-                         "https://download.pytorch.org/models/resnet18-5c106cde.pth", "conv1", "fc"),
-    "resnet50": Backbone(_torchvision("resnet50"),
-                         ("resnet50-19c8e357.pth", "resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"),
-                         "https://download.pytorch.org/models/resnet50-19c8e357.pth", "conv1", "fc"),
-    "se_resnet50": Backbone(_pretrainedmodels("se_resnet50"), ("se_resnet50-ce0d4300.pth",),
-                            "http://data.lip6.fr/cadene/pretrainedmodels/se_resnet50-ce0d4300.pth",
-                            "layer0.conv1", "last_linear"),
-    "se_resnext50_32x4d": Backbone(_pretrainedmodels("se_resnext50_32x4d"), ("se_resnext50_32x4d-a260b3a4.pth",),
-                                   "http://data.lip6.fr/cadene/pretrainedmodels/se_resnext50_32x4d-a260b3a4.pth",
-                                   "layer0.conv1", "last_linear"),
+    "resnet18": Backbone(
+        _torchvision("resnet18"),
+        ("resnet18-5c106cde.pth", "resnet18-f37072fd.pth"),
+        "https://download.pytorch.org/models/resnet18-5c106cde.pth",
+        "conv1",
+        "fc",
+    ),
+    "resnet50": Backbone(
+        _torchvision("resnet50"),
+        ("resnet50-19c8e357.pth", "resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"),
+        "https://download.pytorch.org/models/resnet50-19c8e357.pth",
+        "conv1",
+        "fc",
+    ),
+    "se_resnet50": Backbone(
+        _pretrainedmodels("se_resnet50"),
+        ("se_resnet50-ce0d4300.pth",),
+        "http://data.lip6.fr/cadene/pretrainedmodels/se_resnet50-ce0d4300.pth",
+        "layer0.conv1",
+        "last_linear",
+    ),
+    "se_resnext50_32x4d": Backbone(
+        _pretrainedmodels("se_resnext50_32x4d"),
+        ("se_resnext50_32x4d-a260b3a4.pth",),
+        "http://data.lip6.fr/cadene/pretrainedmodels/se_resnext50_32x4d-a260b3a4.pth",
+        "layer0.conv1",
+        "last_linear",
+    ),
 }
 
 
@@ -98,8 +115,16 @@ def adapt_input(model: nn.Module, path: str, channels: int) -> None:
     conv: nn.Conv2d = _get(model, path)
     if conv.in_channels == channels:
         return
-    new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, conv.bias is not None)
+    new = nn.Conv2d(
+        channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+    )
     with torch.no_grad():
         new.weight[:, :3] = conv.weight
         for c in range(3, channels):
@@ -109,8 +134,13 @@ def adapt_input(model: nn.Module, path: str, channels: int) -> None:
     _set(model, path, new)
 
 
-def build_model(backbone: str, in_channels: int = 3, pretrained: bool = False,
-                pretrained_dir: str | Path = "pretrained", num_classes: int = NUM_CLASSES) -> nn.Module:
+def build_model(
+    backbone: str,
+    in_channels: int = 3,
+    pretrained: bool = False,
+    pretrained_dir: str | Path = "pretrained",
+    num_classes: int = NUM_CLASSES,
+) -> nn.Module:
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
     spec = BACKBONES[backbone]

@@ -71,8 +71,9 @@ def threshold_curves(ensemble_h5: str | Path, path: str | Path, n: int = 4) -> N
     grid = np.linspace(0.01, 0.99, 99)
     fig, ax = plt.subplots(figsize=(6, 4))
     for c in classes:
-        line, = ax.plot(grid, f1_curve(p.labels[:, c], p.oof_probs[:, c], grid),
-                        label=f"{c} {CLASS_NAMES[c]} ({counts[c]} pos.)")
+        (line,) = ax.plot(
+            grid, f1_curve(p.labels[:, c], p.oof_probs[:, c], grid), label=f"{c} {CLASS_NAMES[c]} ({counts[c]} pos.)"
+        )
         ax.axvline(t_final[c], color=line.get_color(), ls=":", lw=1)
     ax.set_xlabel("threshold")
     ax.set_ylabel("out-of-fold F1 (ensemble)")
@@ -132,11 +133,16 @@ def headline_table(metrics: dict) -> str:
     rows = []
     for name, figures in [*metrics["models"].items(), ("ensemble", metrics["ensemble"])]:
         th = figures["thresholds"]
-        rows.append([name, figures["f1_at_0.5"]]
-                    + [th[m][k] for m in methods for k in ("f1_cross_fitted", "f1_in_sample")])
+        rows.append(
+            [name, figures["f1_at_0.5"]] + [th[m][k] for m in methods for k in ("f1_cross_fitted", "f1_in_sample")]
+        )
     rows.append(["prior-only baseline", metrics["prior_baseline"]["f1"]] + [""] * (len(header) - 2))
-    lines = [".. list-table:: Out-of-fold macro F1 (cross-fitted: each fold scored with thresholds fitted "
-             "on the other folds)", "   :header-rows: 1", ""]
+    lines = [
+        ".. list-table:: Out-of-fold macro F1 (cross-fitted: each fold scored with thresholds fitted "
+        "on the other folds)",
+        "   :header-rows: 1",
+        "",
+    ]
     for row in [header, *rows]:
         cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
         lines += [f"   * - {cells[0] or ' '}"] + [f"     - {c or ' '}" for c in cells[1:]]

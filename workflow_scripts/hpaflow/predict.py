@@ -23,8 +23,9 @@ log = logging.getLogger("hpaflow")
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, dl: DataLoader, device: torch.device, color_mode: str,
-                  views: tuple[int, ...] = (0,)) -> np.ndarray:
+def predict_probs(
+    model: torch.nn.Module, dl: DataLoader, device: torch.device, color_mode: str, views: tuple[int, ...] = (0,)
+) -> np.ndarray:
     """Sigmoid probabilities of each view: float32 (V, N, 28)."""
     model.eval()
     dtype = autocast_dtype(device)
@@ -79,8 +80,9 @@ def load_checkpoint(checkpoint: str | Path) -> dict:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         missing = {"model", "config"} - set(state)
     except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise ValueError(f"{checkpoint}: cannot be read as a checkpoint ({type(e).__name__}: {e}); "
-                         "delete it and rerun its train job") from None
+        raise ValueError(
+            f"{checkpoint}: cannot be read as a checkpoint ({type(e).__name__}: {e}); delete it and rerun its train job"
+        ) from None
     if missing:
         raise ValueError(f"{checkpoint}: not a model checkpoint (no {', '.join(sorted(missing))})")
     return state
@@ -90,15 +92,18 @@ def check_no_leak(state: dict, checkpoint: str | Path, ids: np.ndarray, fold: in
     """Refuse to score as out-of-fold any Id that the checkpoint's model was trained on."""
     trained = state.get("train_ids")
     if trained is None:
-        raise LeakError(f"{checkpoint}: records no training Ids (written by an older version), so its "
-                        "out-of-fold predictions cannot be checked for leaks; delete it and rerun its train job")
+        raise LeakError(
+            f"{checkpoint}: records no training Ids (written by an older version), so its "
+            "out-of-fold predictions cannot be checked for leaks; delete it and rerun its train job"
+        )
     leaked = sorted(set(np.unique(ids)) & set(trained))
     if leaked:
         shown = ", ".join(leaked[:10]) + (", ..." if len(leaked) > 10 else "")
         raise LeakError(
             f"{checkpoint} was trained on {len(leaked)} Id(s) that fold {fold} now holds out ({shown}): "
             "refusing to write them as out-of-fold predictions. The folds or the data changed after this "
-            "model was trained; rerun its train job (snakemake does when folds.csv or the shards are newer)")
+            "model was trained; rerun its train job (snakemake does when folds.csv or the shards are newer)"
+        )
 
 
 def load_model(state: dict, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -111,8 +116,9 @@ def load_model(state: dict, device: torch.device) -> tuple[torch.nn.Module, dict
     return model, cfg
 
 
-def predict_rows(model, cfg: dict, rows: ShardRows, device, views, tta_combine: str, tile_combine: str,
-                 batch_size: int, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_rows(
+    model, cfg: dict, rows: ShardRows, device, views, tta_combine: str, tile_combine: str, batch_size: int, workers: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, probs (M, 28), per-view probs (V, M, 28)) with tiles aggregated to their image."""
     ds = ShardDataset(rows, cfg["image_size"])
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
@@ -149,12 +155,26 @@ class PredictSettings:
     @classmethod
     def from_config(cls, config: dict, threads: int) -> PredictSettings:
         p = config["predict"]
-        return cls(p["tta_views"], p["tta_combine"], p["tile_combine"], p["save_views"], p["batch_size"],
-                   config["device"], threads)
+        return cls(
+            p["tta_views"],
+            p["tta_combine"],
+            p["tile_combine"],
+            p["save_views"],
+            p["batch_size"],
+            config["device"],
+            threads,
+        )
 
 
-def run_predict(checkpoint: str, train_shards: list[str], test_shards: list[str], folds_csv: str, fold: int,
-                out: str, settings: PredictSettings) -> None:
+def run_predict(
+    checkpoint: str,
+    train_shards: list[str],
+    test_shards: list[str],
+    folds_csv: str,
+    fold: int,
+    out: str,
+    settings: PredictSettings,
+) -> None:
     s = settings
     views, tta_combine, tile_combine = s.views, s.tta_combine, s.tile_combine
     torch.set_num_threads(max(1, s.threads))
@@ -170,13 +190,28 @@ def run_predict(checkpoint: str, train_shards: list[str], test_shards: list[str]
         if r is None:
             continue
         log.info("%s: %d rows, TTA views %s (%s), tiles %s", name, len(r), views, tta_combine, tile_combine)
-        ids, probs, per_view = predict_rows(model, cfg, r, device, views, tta_combine, tile_combine,
-                                            s.batch_size, workers)
+        ids, probs, per_view = predict_rows(
+            model, cfg, r, device, views, tta_combine, tile_combine, s.batch_size, workers
+        )
         labels = None
         if r.labels is not None:
             _, first = np.unique(r.ids, return_index=True)
             lab = dict(zip(r.ids[first], r.labels[first]))
             labels = np.stack([lab[i] for i in ids])
-        parts[name] = {h5n.IDS: ids, h5n.PROBS: probs, h5n.LABELS: labels, h5n.VIEWS: per_view if s.save_views else None}
-    write_predictions(out, parts, {"model": cfg["name"], "fold": fold, "views": list(views),
-                                   "tta_combine": tta_combine, "tile_combine": tile_combine})
+        parts[name] = {
+            h5n.IDS: ids,
+            h5n.PROBS: probs,
+            h5n.LABELS: labels,
+            h5n.VIEWS: per_view if s.save_views else None,
+        }
+    write_predictions(
+        out,
+        parts,
+        {
+            "model": cfg["name"],
+            "fold": fold,
+            "views": list(views),
+            "tta_combine": tta_combine,
+            "tile_combine": tile_combine,
+        },
+    )

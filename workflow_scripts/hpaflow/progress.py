@@ -9,8 +9,9 @@ import time
 class Progress:
     """Call `update(n)` as work completes; logs `label: done/total (pct) rate/s, ETA` periodically."""
 
-    def __init__(self, total: int, label: str, unit: str = "it", every_s: float = 5.0,
-                 log: logging.Logger | None = None) -> None:
+    def __init__(
+        self, total: int, label: str, unit: str = "it", every_s: float = 5.0, log: logging.Logger | None = None
+    ) -> None:
         self.total, self.label, self.unit, self.every_s = total, label, unit, every_s
         self.log = log or logging.getLogger("hpaflow")
         self.done = 0
@@ -29,9 +30,11 @@ class Progress:
         rate = self.done / elapsed
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        return (f"{self.label}: {self.done}/{self.total} ({pct:.0f}%) {rate:.1f} {self.unit}/s, "
-                f"elapsed {format_seconds(elapsed)}, ETA {format_seconds(left)}"
-                + (f", {self.suffix}" if self.suffix else ""))
+        return (
+            f"{self.label}: {self.done}/{self.total} ({pct:.0f}%) {rate:.1f} {self.unit}/s, "
+            f"elapsed {format_seconds(elapsed)}, ETA {format_seconds(left)}"
+            + (f", {self.suffix}" if self.suffix else "")
+        )
 
 
 def format_seconds(s: float) -> str:

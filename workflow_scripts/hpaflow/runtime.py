@@ -23,8 +23,12 @@ def pick_device(name: str) -> torch.device:
             return torch.device("cuda")
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         if visible is not None and visible not in NO_GPU_VALUES:
-            log.warning("this job was given GPU(s) (CUDA_VISIBLE_DEVICES=%s) but torch %s finds no usable CUDA "
-                        "device: running on the CPU", visible, torch.__version__)
+            log.warning(
+                "this job was given GPU(s) (CUDA_VISIBLE_DEVICES=%s) but torch %s finds no usable CUDA "
+                "device: running on the CPU",
+                visible,
+                torch.__version__,
+            )
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: cuda was asked for but torch sees no CUDA device")

@@ -31,8 +31,7 @@ log = logging.getLogger("hpaflow")
 
 # Random reads of one 512 px RGBY image, measured here: none 0.3 ms, lzf 2.7 ms, gzip 4.0 ms;
 # so the default is none (both codecs are built into h5py: no plugin needed on compute nodes).
-COMPRESSIONS = {"none": {}, "lzf": {"compression": "lzf"},
-                "gzip": {"compression": "gzip", "compression_opts": 4}}
+COMPRESSIONS = {"none": {}, "lzf": {"compression": "lzf"}, "gzip": {"compression": "gzip", "compression_opts": 4}}
 MAX_ERRORS_SHOWN = 20
 WRITE_BLOCK = 16  # images per HDF5 write call
 DIGEST_ATTR = "content_digest"
@@ -70,8 +69,9 @@ def cut_tiles(rgby: np.ndarray, spec: ShardSpec) -> tuple[np.ndarray, np.ndarray
     return tiles, origins
 
 
-def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.ndarray | None,
-                shard_index: int = 0) -> None:
+def write_shard(
+    out: str | Path, spec: ShardSpec, ids: list[str], labels: np.ndarray | None, shard_index: int = 0
+) -> None:
     """Decode, check and resize every Id's 4 channels and write one shard atomically.
 
     Every Id is checked; if any fails, the job raises one error listing them all and
@@ -85,8 +85,9 @@ def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.nda
     progress = Progress(len(ids), f"shard {spec.dataset}/{shard_index}", "images", log=log)
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as h5:
-            images = h5.create_dataset(h5n.IMAGES, (n_rows, s, s, 4), np.uint8,
-                                       chunks=(1, s, s, 4), **COMPRESSIONS[spec.compression])
+            images = h5.create_dataset(
+                h5n.IMAGES, (n_rows, s, s, 4), np.uint8, chunks=(1, s, s, 4), **COMPRESSIONS[spec.compression]
+            )
             origin = np.zeros((n_rows, 2), np.int32)
             # Rows go to HDF5 in blocks: one write call per image costs more than the copy.
             block = np.empty((WRITE_BLOCK * spec.tiles_per_image, s, s, 4), np.uint8)
@@ -103,17 +104,17 @@ def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.nda
                     progress.update()
                     continue
                 if not errors:  # once one Id failed only checking goes on; the file is dropped
-                    block[filled:filled + len(tiles)] = tiles
-                    origin[row:row + len(tiles)] = origins
+                    block[filled : filled + len(tiles)] = tiles
+                    origin[row : row + len(tiles)] = origins
                     filled += len(tiles)
                     if filled == len(block):
-                        images[row + len(tiles) - filled:row + len(tiles)] = block
+                        images[row + len(tiles) - filled : row + len(tiles)] = block
                         digest.update(block.data)
                         filled = 0
                 row += len(tiles)
                 progress.update()
             if filled and not errors:
-                images[row - filled:row] = block[:filled]
+                images[row - filled : row] = block[:filled]
                 digest.update(np.ascontiguousarray(block[:filled]).data)
             if errors:
                 shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
@@ -132,12 +133,20 @@ def write_shard(out: str | Path, spec: ShardSpec, ids: list[str], labels: np.nda
             h5.create_dataset(h5n.TILE_ORIGIN, data=origin)
             if row_labels is not None:
                 h5.create_dataset(h5n.LABELS, data=row_labels)
-            h5.attrs.update({
-                DIGEST_ATTR: finish_digest(digest, row_ids, origin, row_labels),
-                "channel_order": "RGBY", "image_size": spec.image_size, "tile_size": s,
-                "tiling": spec.tiling, "source_format": spec.fmt, "dataset": spec.dataset,
-                "role": spec.role, "shard_index": shard_index, "num_classes": NUM_CLASSES,
-            })
+            h5.attrs.update(
+                {
+                    DIGEST_ATTR: finish_digest(digest, row_ids, origin, row_labels),
+                    "channel_order": "RGBY",
+                    "image_size": spec.image_size,
+                    "tile_size": s,
+                    "tiling": spec.tiling,
+                    "source_format": spec.fmt,
+                    "dataset": spec.dataset,
+                    "role": spec.role,
+                    "shard_index": shard_index,
+                    "num_classes": NUM_CLASSES,
+                }
+            )
 
 
 def finish_digest(digest, ids, tile_origin: np.ndarray, labels: np.ndarray | None) -> str:
@@ -158,7 +167,7 @@ def shard_digest(path: str | Path) -> str:
         digest = hashlib.sha256()
         images = h5[h5n.IMAGES]
         for start in range(0, len(images), WRITE_BLOCK):
-            digest.update(np.ascontiguousarray(images[start:start + WRITE_BLOCK]).data)
+            digest.update(np.ascontiguousarray(images[start : start + WRITE_BLOCK]).data)
         labels = h5[h5n.LABELS][...] if h5n.LABELS in h5 else None
         return finish_digest(digest, h5[h5n.IDS].asstr()[...], h5[h5n.TILE_ORIGIN][...], labels)
 

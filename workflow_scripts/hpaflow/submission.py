@@ -30,7 +30,8 @@ def make_submission(sample_ids: list[str], ids: np.ndarray, pred: np.ndarray) ->
     extra = set(ids) - set(sample_ids)
     if extra:
         raise SubmissionError(
-            f"{len(extra)} predicted Id(s) are not in the sample submission, e.g. {sorted(extra)[0]!r}")
+            f"{len(extra)} predicted Id(s) are not in the sample submission, e.g. {sorted(extra)[0]!r}"
+        )
     rows = pred[index.loc[list(sample_ids)].to_numpy()]
     labels = [" ".join(str(k) for k in np.flatnonzero(r)) for r in rows]
     return pd.DataFrame({"Id": list(sample_ids), "Predicted": labels})

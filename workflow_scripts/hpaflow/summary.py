@@ -86,8 +86,9 @@ def save_predictions(p: Predictions, path: str | Path, attrs: dict | None = None
 
 def load_predictions(path: str | Path) -> Predictions:
     with h5py.File(path, "r") as h5:
-        return Predictions(**{k: _str(h5[k]) for k in h5n.SUMMARY_STRINGS},
-                           **{k: h5[k][...] for k in h5n.SUMMARY_ARRAYS})
+        return Predictions(
+            **{k: _str(h5[k]) for k in h5n.SUMMARY_STRINGS}, **{k: h5[k][...] for k in h5n.SUMMARY_ARRAYS}
+        )
 
 
 def prior_baseline_f1(train_rate: np.ndarray, true_rate: np.ndarray) -> float:
@@ -97,8 +98,7 @@ def prior_baseline_f1(train_rate: np.ndarray, true_rate: np.ndarray) -> float:
     return float(np.mean(2 * p * q / np.maximum(p + q, 1e-12)))  # a class absent from both: 0 / 1e-12 = 0
 
 
-def score(p: Predictions, methods: list[str], final: ThresholdSettings,
-          prior: np.ndarray) -> tuple[dict, dict]:
+def score(p: Predictions, methods: list[str], final: ThresholdSettings, prior: np.ndarray) -> tuple[dict, dict]:
     """The figures of one model (or the ensemble) for metrics.json, and the final method's evaluation.
 
     `methods` includes final.method (EnsembleSettings adds it).
@@ -108,8 +108,11 @@ def score(p: Predictions, methods: list[str], final: ThresholdSettings,
     evals = {}
     for m in methods:
         evals[m] = ev = evaluate(y, probs, p.folds, replace(final, method=m), prior)
-        out["thresholds"][m] = {"f1_cross_fitted": ev["f1_cross_fitted"], "f1_in_sample": ev["f1_in_sample"],
-                                "values": [round(float(t), 4) for t in ev["thresholds"]]}
+        out["thresholds"][m] = {
+            "f1_cross_fitted": ev["f1_cross_fitted"],
+            "f1_in_sample": ev["f1_in_sample"],
+            "values": [round(float(t), 4) for t in ev["thresholds"]],
+        }
     final_eval = evals[final.method]
     crossed = final_eval["cross_fitted_pred"]
     out["final_method"] = final.method
@@ -123,5 +126,7 @@ def score(p: Predictions, methods: list[str], final: ThresholdSettings,
 def headline(metrics_json: str | Path) -> str:
     m = json.loads(Path(metrics_json).read_text())
     e = m["ensemble"]
-    return (f"ensemble out-of-fold macro F1: {e['f1_cross_fitted']:.4f} (cross-fitted {e['final_method']} "
-            f"thresholds; {e['f1_at_0.5']:.4f} at 0.5; prior-only baseline {m['prior_baseline']['f1']:.4f})")
+    return (
+        f"ensemble out-of-fold macro F1: {e['f1_cross_fitted']:.4f} (cross-fitted {e['final_method']} "
+        f"thresholds; {e['f1_at_0.5']:.4f} at 0.5; prior-only baseline {m['prior_baseline']['f1']:.4f})"
+    )

@@ -115,8 +115,9 @@ def apply(p: np.ndarray, t: np.ndarray | float, at_least_one: bool = True) -> np
     return pred
 
 
-def cross_fit(p: np.ndarray, folds: np.ndarray,
-              fit_fn: Callable[[np.ndarray], np.ndarray], at_least_one: bool) -> np.ndarray:
+def cross_fit(
+    p: np.ndarray, folds: np.ndarray, fit_fn: Callable[[np.ndarray], np.ndarray], at_least_one: bool
+) -> np.ndarray:
     """Predictions for every row, each fold's rows thresholded by values fitted on the other folds.
 
     fit_fn(rows) -> thresholds, given the indices of the rows it may use.
@@ -129,10 +130,15 @@ def cross_fit(p: np.ndarray, folds: np.ndarray,
     return pred
 
 
-def evaluate(y: np.ndarray, p: np.ndarray, folds: np.ndarray, settings: ThresholdSettings,
-             prior: np.ndarray | None = None) -> dict:
+def evaluate(
+    y: np.ndarray, p: np.ndarray, folds: np.ndarray, settings: ThresholdSettings, prior: np.ndarray | None = None
+) -> dict:
     """Thresholds fitted on all rows, their in-sample macro F1, and the cross-fitted macro F1."""
     t = fit(y, p, settings, prior)
     crossed = cross_fit(p, folds, lambda rows: fit(y[rows], p[rows], settings, prior), settings.at_least_one)
-    return {"thresholds": t, "f1_in_sample": macro_f1(y, apply(p, t, settings.at_least_one)),
-            "f1_cross_fitted": macro_f1(y, crossed), "cross_fitted_pred": crossed}
+    return {
+        "thresholds": t,
+        "f1_in_sample": macro_f1(y, apply(p, t, settings.at_least_one)),
+        "f1_cross_fitted": macro_f1(y, crossed),
+        "cross_fitted_pred": crossed,
+    }

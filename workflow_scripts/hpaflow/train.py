@@ -71,8 +71,15 @@ class TrainConfig:
     def from_config(cls, config: dict, model: dict, fold: int, threads: int) -> TrainConfig:
         """`config`: the validated config (at least seed, device, pretrained_dir, visdom); `model`: its
         entry in `models` with image_size resolved (rules/common.smk: model_settings)."""
-        return cls(fold=fold, threads=threads, seed=config["seed"], device=config["device"],
-                   pretrained_dir=config["pretrained_dir"], visdom=config["visdom"], **model)
+        return cls(
+            fold=fold,
+            threads=threads,
+            seed=config["seed"],
+            device=config["device"],
+            pretrained_dir=config["pretrained_dir"],
+            visdom=config["visdom"],
+            **model,
+        )
 
     def settings(self) -> dict:
         """What the model depends on: everything but where and how fast it runs."""
@@ -114,16 +121,19 @@ def resumable_state(last: Path, fingerprint: dict[str, str]) -> dict | None:
         state = torch.load(last, map_location="cpu", weights_only=False)
         old = state["fingerprint"]
     except Exception as e:  # torch raises many types for a truncated or foreign file
-        log.warning("checkpoint %s cannot be read (%s: %s), e.g. the job was killed while writing it: "
-                    "starting from scratch", last, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        log.warning(
+            "checkpoint %s cannot be read (%s: %s), e.g. the job was killed while writing it: starting from scratch",
+            last,
+            type(e).__name__,
+            str(e).splitlines()[0] if str(e) else "",
+        )
         return None
     if not isinstance(old, dict):
         log.warning("checkpoint %s was written by an older version of the workflow: starting from scratch", last)
         return None
     changed = [part for part, value in fingerprint.items() if old.get(part) != value]
     if changed:
-        log.warning("checkpoint %s is from another job (changed: %s): starting from scratch",
-                    last, ", ".join(changed))
+        log.warning("checkpoint %s is from another job (changed: %s): starting from scratch", last, ", ".join(changed))
         return None
     return state
 
@@ -140,8 +150,12 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer):
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(s: dict) -> None:
@@ -158,12 +172,26 @@ def save(obj, path: Path) -> None:
 
 
 def loader(ds: ShardDataset, batch_size: int, workers: int, sampler=None) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=False)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=False,
+    )
 
 
-def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, opt: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, dtype: torch.dtype | None) -> float:
+def train_step(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    dtype: torch.dtype | None,
+) -> float:
     """One optimisation step (mixed precision when dtype is set); returns the batch loss."""
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         loss = loss_fn(model(x).float(), y)
@@ -189,9 +217,17 @@ class Training:
 
     def state(self, epoch: int, fingerprint: dict) -> dict:
         """last.pt: everything a resumed job needs to go on exactly as an uninterrupted one."""
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
-                "epoch": epoch, "history": self.history, "best_f1": self.best_f1, "fingerprint": fingerprint}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "history": self.history,
+            "best_f1": self.best_f1,
+            "fingerprint": fingerprint,
+        }
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -202,8 +238,9 @@ class Training:
         self.start_epoch, self.history, self.best_f1 = state["epoch"] + 1, state["history"], state["best_f1"]
 
 
-def split_rows(cfg: TrainConfig, shard_files: list[str], folds_csv: str) -> tuple[ShardRows, np.ndarray, ShardRows,
-                                                                                   ShardRows]:
+def split_rows(
+    cfg: TrainConfig, shard_files: list[str], folds_csv: str
+) -> tuple[ShardRows, np.ndarray, ShardRows, ShardRows]:
     """All rows, their folds, and the job's training (other folds) and validation (cfg.fold) rows."""
     rows = ShardRows.from_files(shard_files)
     fold = fold_of(rows, folds_csv)
@@ -220,12 +257,14 @@ def new_training(cfg: TrainConfig, device: torch.device) -> Training:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model.parameters())
     dtype = autocast_dtype(device)
-    return Training(model, opt, make_scheduler(cfg, opt), torch.amp.GradScaler("cuda", enabled=dtype == torch.float16),
-                    dtype, [])
+    return Training(
+        model, opt, make_scheduler(cfg, opt), torch.amp.GradScaler("cuda", enabled=dtype == torch.float16), dtype, []
+    )
 
 
-def train_epoch(t: Training, cfg: TrainConfig, ds: ShardDataset, labels: np.ndarray, epoch: int,
-                device: torch.device, workers: int) -> tuple[float, float]:
+def train_epoch(
+    t: Training, cfg: TrainConfig, ds: ShardDataset, labels: np.ndarray, epoch: int, device: torch.device, workers: int
+) -> tuple[float, float]:
     """One pass over the training rows; returns the mean loss and images per second."""
     t.model.train()
     ds.set_epoch(epoch)
@@ -249,8 +288,12 @@ def validate(model: torch.nn.Module, dl: DataLoader, y: np.ndarray, device: torc
     """Validation figures of one epoch: BCE, macro F1 at 0.5 and at the best global threshold."""
     probs = predict_probs(model, dl, device, color_mode)[0]
     thr, f1_best = best_global(y, probs)
-    return {"val_bce": bce_from_probs(y, probs), "val_f1_at_0.5": macro_f1_at(y, probs, 0.5),
-            "val_f1_best_global": f1_best, "best_global_threshold": thr}
+    return {
+        "val_bce": bce_from_probs(y, probs),
+        "val_f1_at_0.5": macro_f1_at(y, probs, 0.5),
+        "val_f1_best_global": f1_best,
+        "best_global_threshold": thr,
+    }
 
 
 def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str | Path) -> dict:
@@ -262,8 +305,16 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
     workers = max(0, cfg.threads - 1)
 
     rows, fold, train_rows, val_rows = split_rows(cfg, shard_files, folds_csv)
-    log.info("model %s fold %d: %d train, %d validation samples, %s on %s (%d loader workers)",
-             cfg.name, cfg.fold, len(train_rows), len(val_rows), cfg.backbone, device, workers)
+    log.info(
+        "model %s fold %d: %d train, %d validation samples, %s on %s (%d loader workers)",
+        cfg.name,
+        cfg.fold,
+        len(train_rows),
+        len(val_rows),
+        cfg.backbone,
+        device,
+        workers,
+    )
     train_ds = ShardDataset(train_rows, cfg.image_size, train=cfg.augment, seed=cfg.seed)
     val_dl = loader(ShardDataset(val_rows, cfg.image_size), cfg.batch_size, workers)
     t = new_training(cfg, device)
@@ -274,8 +325,13 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
     state = resumable_state(last, fingerprint)
     if state is not None:
         t.restore(state)
-        log.info("resuming from %s: epoch %d of %d done, going on with epoch %d",
-                 last, t.start_epoch, cfg.epochs, t.start_epoch + 1)
+        log.info(
+            "resuming from %s: epoch %d of %d done, going on with epoch %d",
+            last,
+            t.start_epoch,
+            cfg.epochs,
+            t.start_epoch + 1,
+        )
     else:
         (ckpt_dir / "best.pt").unlink(missing_ok=True)  # another job's best epoch must not become ours
     plot = VisdomPlot(cfg.visdom, f"{cfg.name}_fold{cfg.fold}", log)
@@ -284,22 +340,45 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
     for epoch in range(t.start_epoch, cfg.epochs):
         train_loss, rate = train_epoch(t, cfg, train_ds, train_rows.labels, epoch, device, workers)
         val = validate(t.model, val_dl, val_rows.labels, device, cfg.color_mode)
-        row = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": t.opt.param_groups[0]["lr"],
-               "images_per_s": rate}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            **val,
+            "lr": t.opt.param_groups[0]["lr"],
+            "images_per_s": rate,
+        }
         t.history.append(row)
         improved = val["val_f1_best_global"] > t.best_f1
         if improved:
             t.best_f1 = val["val_f1_best_global"]
-            save({"model": t.model.state_dict(), "epoch": epoch + 1, "val_f1": t.best_f1,
-                  "threshold": val["best_global_threshold"], "config": asdict(cfg), "fingerprint": fingerprint,
-                  "train_ids": trained_on}, ckpt_dir / "best.pt")
+            save(
+                {
+                    "model": t.model.state_dict(),
+                    "epoch": epoch + 1,
+                    "val_f1": t.best_f1,
+                    "threshold": val["best_global_threshold"],
+                    "config": asdict(cfg),
+                    "fingerprint": fingerprint,
+                    "train_ids": trained_on,
+                },
+                ckpt_dir / "best.pt",
+            )
         save(t.state(epoch, fingerprint), last)
         write_metrics(t.history, out / "metrics.csv")
         eta = (time.monotonic() - run_start) / (epoch + 1 - t.start_epoch) * (cfg.epochs - epoch - 1)
-        log.info("epoch %d/%d: train loss %.4f, val BCE %.4f, val macro F1 %.4f at 0.5, %.4f at %.2f%s; "
-                 "%.1f img/s; ETA %s", epoch + 1, cfg.epochs, train_loss, val["val_bce"], val["val_f1_at_0.5"],
-                 val["val_f1_best_global"], val["best_global_threshold"], " (best)" if improved else "", rate,
-                 format_seconds(eta))
+        log.info(
+            "epoch %d/%d: train loss %.4f, val BCE %.4f, val macro F1 %.4f at 0.5, %.4f at %.2f%s; %.1f img/s; ETA %s",
+            epoch + 1,
+            cfg.epochs,
+            train_loss,
+            val["val_bce"],
+            val["val_f1_at_0.5"],
+            val["val_f1_best_global"],
+            val["best_global_threshold"],
+            " (best)" if improved else "",
+            rate,
+            format_seconds(eta),
+        )
         plot.update(t.history)
 
     with atomic_path(out / "best.pt") as tmp:

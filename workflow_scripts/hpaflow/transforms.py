@@ -39,5 +39,14 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
 def sample_params(rng: np.random.Generator) -> np.ndarray:
     """Random augmentation of one sample: any dihedral view, rotation +-15 deg, scale 0.9-1.1,
     shift +-5%, contrast x0.85-1.15, brightness +-0.05."""
-    return np.array([rng.integers(8), rng.uniform(-15, 15), rng.uniform(0.9, 1.1), *rng.uniform(-0.05, 0.05, 2),
-                     rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05)], np.float32)
+    return np.array(
+        [
+            rng.integers(8),
+            rng.uniform(-15, 15),
+            rng.uniform(0.9, 1.1),
+            *rng.uniform(-0.05, 0.05, 2),
+            rng.uniform(0.85, 1.15),
+            rng.uniform(-0.05, 0.05),
+        ],
+        np.float32,
+    )

@@ -23,10 +23,17 @@ class VisdomPlot:
 
     def payload(self, history: list[dict]) -> dict:
         epochs = [r["epoch"] for r in history]
-        data = [{"x": epochs, "y": [r[k] for r in history], "name": k, "type": "scatter", "mode": "lines+markers"}
-                for k in CURVES]
-        return {"data": data, "win": self.window, "eid": self.env,
-                "layout": {"title": self.window, "xaxis": {"title": "epoch"}}, "opts": {}}
+        data = [
+            {"x": epochs, "y": [r[k] for r in history], "name": k, "type": "scatter", "mode": "lines+markers"}
+            for k in CURVES
+        ]
+        return {
+            "data": data,
+            "win": self.window,
+            "eid": self.env,
+            "layout": {"title": self.window, "xaxis": {"title": "epoch"}},
+            "opts": {},
+        }
 
     def update(self, history: list[dict]) -> None:
         if not self.enabled:

@@ -17,5 +17,20 @@ from .make import SPLITS, DemoSpec, make_demo
 from .patterns import PATTERNS, render
 from .writers import hpav18_id, kaggle_id, write_hpav18_jpeg, write_png, write_tiff
 
-__all__ = ["PATTERNS", "SPLITS", "DemoSpec", "Field", "count_label_sets", "hpav18_id", "kaggle_id", "load_label_sets",
-           "make_demo", "make_field", "render", "sample_label_sets", "write_hpav18_jpeg", "write_png", "write_tiff"]
+__all__ = [
+    "PATTERNS",
+    "SPLITS",
+    "DemoSpec",
+    "Field",
+    "count_label_sets",
+    "hpav18_id",
+    "kaggle_id",
+    "load_label_sets",
+    "make_demo",
+    "make_field",
+    "render",
+    "sample_label_sets",
+    "write_hpav18_jpeg",
+    "write_png",
+    "write_tiff",
+]

@@ -140,8 +140,20 @@ def make_field(size: int, rng: np.random.Generator) -> Field:
     dist = cv2.distanceTransform((nuc_map == 0).astype(np.uint8), cv2.DIST_L2, 3)
     yellow = reticulum * np.exp(-dist / (10 * u)) * (cell_map > 0) * (nuc_map == 0)
     yellow = yellow.astype(np.float32) + 0.15 * (cell_map > 0)
-    return Field(size, rng, cell_map, nuc_map, centers, nuc_axes, nucleoli, nucleoli_centers,
-                 red, yellow.astype(np.float32), blue.astype(np.float32), tips)
+    return Field(
+        size,
+        rng,
+        cell_map,
+        nuc_map,
+        centers,
+        nuc_axes,
+        nucleoli,
+        nucleoli_centers,
+        red,
+        yellow.astype(np.float32),
+        blue.astype(np.float32),
+        tips,
+    )
 
 
 def _points_in(rng, mask: np.ndarray, n: int, erode: int = 0) -> np.ndarray:

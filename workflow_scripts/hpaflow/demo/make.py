@@ -81,10 +81,13 @@ def make_demo(out_dir: str | Path, spec: DemoSpec) -> dict[str, pd.DataFrame]:
                 write_hpav18_jpeg(d, image_id, rgby)
             progress.update()
         tables[split] = pd.DataFrame({"Id": ids, "Target": decode(encode(label_sets))})
-    for name, df in [("train.csv", tables["train"]), ("train_tiff.csv", tables["train_tiff"]),
-                     ("hpav18.csv", tables["hpav18"]), ("test_labels.csv", tables["test"]),
-                     ("sample_submission.csv", tables["test"].assign(Target="0")
-                      .rename(columns={"Target": "Predicted"}))]:
+    for name, df in [
+        ("train.csv", tables["train"]),
+        ("train_tiff.csv", tables["train_tiff"]),
+        ("hpav18.csv", tables["hpav18"]),
+        ("test_labels.csv", tables["test"]),
+        ("sample_submission.csv", tables["test"].assign(Target="0").rename(columns={"Target": "Predicted"})),
+    ]:
         with atomic_path(out / name) as tmp:
             df.to_csv(tmp, index=False)
     return tables

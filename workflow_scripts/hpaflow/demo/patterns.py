@@ -245,8 +245,10 @@ def p_mitochondria(f: Field) -> np.ndarray:
 
 def p_aggresome(f: Field) -> np.ndarray:
     """24 Aggresome: one large bright blob next to the nucleus, in one or two cells."""
-    pts = [_beside_nucleus(f, int(i), 3 * f.unit)
-           for i in f.rng.choice(f.n_cells, min(f.n_cells, int(f.rng.integers(1, 3))), replace=False)]
+    pts = [
+        _beside_nucleus(f, int(i), 3 * f.unit)
+        for i in f.rng.choice(f.n_cells, min(f.n_cells, int(f.rng.integers(1, 3))), replace=False)
+    ]
     return _dots(f, pts, 3.5 * f.unit)
 
 
@@ -269,19 +271,50 @@ def p_rods_rings(f: Field) -> np.ndarray:
         else:
             t = f.rng.uniform(0, np.pi)
             d = 3 * f.unit
-            cv2.line(img, (int(x - d * np.cos(t)), int(y - d * np.sin(t))),
-                     (int(x + d * np.cos(t)), int(y + d * np.sin(t))), 1.0, max(1, int(1.5 * f.unit)))
+            cv2.line(
+                img,
+                (int(x - d * np.cos(t)), int(y - d * np.sin(t))),
+                (int(x + d * np.cos(t)), int(y + d * np.sin(t))),
+                1.0,
+                max(1, int(1.5 * f.unit)),
+            )
     return img * (f.cell_map > 0)
 
 
-PATTERNS: dict[int, Callable[[Field], np.ndarray]] = dict(enumerate([
-    p_nucleoplasm, p_nuclear_membrane, p_nucleoli, p_fibrillar_center, p_speckles,
-    p_nuclear_bodies, p_er, p_golgi, p_peroxisomes, p_endosomes, p_lysosomes,
-    p_intermediate_filaments, p_actin, p_focal_adhesions, p_microtubules, p_microtubule_ends,
-    p_cytokinetic_bridge, p_mitotic_spindle, p_mtoc, p_centrosome, p_lipid_droplets,
-    p_plasma_membrane, p_cell_junctions, p_mitochondria, p_aggresome, p_cytosol,
-    p_cytoplasmic_bodies, p_rods_rings,
-]))
+PATTERNS: dict[int, Callable[[Field], np.ndarray]] = dict(
+    enumerate(
+        [
+            p_nucleoplasm,
+            p_nuclear_membrane,
+            p_nucleoli,
+            p_fibrillar_center,
+            p_speckles,
+            p_nuclear_bodies,
+            p_er,
+            p_golgi,
+            p_peroxisomes,
+            p_endosomes,
+            p_lysosomes,
+            p_intermediate_filaments,
+            p_actin,
+            p_focal_adhesions,
+            p_microtubules,
+            p_microtubule_ends,
+            p_cytokinetic_bridge,
+            p_mitotic_spindle,
+            p_mtoc,
+            p_centrosome,
+            p_lipid_droplets,
+            p_plasma_membrane,
+            p_cell_junctions,
+            p_mitochondria,
+            p_aggresome,
+            p_cytosol,
+            p_cytoplasmic_bodies,
+            p_rods_rings,
+        ]
+    )
+)
 assert len(PATTERNS) == NUM_CLASSES
 
 
