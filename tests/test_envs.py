@@ -182,14 +182,19 @@ def env_packages(env: str) -> set[str]:
     return pip | (conda - {"python", "pip"})
 
 
-RULE_ENV_SCRIPT = r'conda:\s*\n\s*"\.\./envs/([\w.-]+)"\s*\n\s*script:\s*\n\s*"\.\./(workflow_scripts/[\w.]+)"'
+def rule_env_scripts(text: str) -> set[tuple[str, str]]:
+    """(env file, script) of each rule in a .smk file that has both, whatever the directive order."""
+    out = set()
+    for block in re.split(r"^rule \w+:", text, flags=re.M)[1:]:
+        env = re.search(r'conda:\s*\n\s*"\.\./envs/([\w.-]+)"', block)
+        script = re.search(r'script:\s*\n\s*"\.\./(workflow_scripts/[\w.]+)"', block)
+        if env and script:
+            out.add((env.group(1), script.group(1)))
+    return out
+
+
 RULE_SCRIPTS = sorted(
-    {
-        (env, script)
-        for smk in (REPO / "rules").glob("*.smk")
-        for env, script in re.findall(RULE_ENV_SCRIPT, smk.read_text())
-    },
-    key=lambda x: x[1],
+    {pair for smk in (REPO / "rules").glob("*.smk") for pair in rule_env_scripts(smk.read_text())}, key=lambda x: x[1]
 )
 
 

@@ -296,6 +296,44 @@ def validate(model: torch.nn.Module, dl: DataLoader, y: np.ndarray, device: torc
     }
 
 
+def end_epoch(t: Training, cfg: TrainConfig, row: dict, out: Path, fingerprint: dict, trained_on: list[str]) -> bool:
+    """Record an epoch: its row in metrics.csv, best.pt when validation improved, last.pt always."""
+    ckpt_dir = out / "checkpoints"
+    t.history.append(row)
+    improved = row["val_f1_best_global"] > t.best_f1
+    if improved:
+        t.best_f1 = row["val_f1_best_global"]
+        best = {
+            "model": t.model.state_dict(),
+            "epoch": row["epoch"],
+            "val_f1": t.best_f1,
+            "threshold": row["best_global_threshold"],
+            "config": asdict(cfg),
+            "fingerprint": fingerprint,
+            "train_ids": trained_on,
+        }
+        save(best, ckpt_dir / "best.pt")
+    save(t.state(row["epoch"] - 1, fingerprint), ckpt_dir / "last.pt")
+    write_metrics(t.history, out / "metrics.csv")
+    return improved
+
+
+def log_epoch(cfg: TrainConfig, row: dict, improved: bool, eta: float) -> None:
+    log.info(
+        "epoch %d/%d: train loss %.4f, val BCE %.4f, val macro F1 %.4f at 0.5, %.4f at %.2f%s; %.1f img/s; ETA %s",
+        row["epoch"],
+        cfg.epochs,
+        row["train_loss"],
+        row["val_bce"],
+        row["val_f1_at_0.5"],
+        row["val_f1_best_global"],
+        row["best_global_threshold"],
+        " (best)" if improved else "",
+        row["images_per_s"],
+        format_seconds(eta),
+    )
+
+
 def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str | Path) -> dict:
     """Train on every fold but cfg.fold, validate on cfg.fold; resume from out_dir if possible."""
     out = Path(out_dir)
@@ -340,45 +378,11 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
     for epoch in range(t.start_epoch, cfg.epochs):
         train_loss, rate = train_epoch(t, cfg, train_ds, train_rows.labels, epoch, device, workers)
         val = validate(t.model, val_dl, val_rows.labels, device, cfg.color_mode)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            **val,
-            "lr": t.opt.param_groups[0]["lr"],
-            "images_per_s": rate,
-        }
-        t.history.append(row)
-        improved = val["val_f1_best_global"] > t.best_f1
-        if improved:
-            t.best_f1 = val["val_f1_best_global"]
-            save(
-                {
-                    "model": t.model.state_dict(),
-                    "epoch": epoch + 1,
-                    "val_f1": t.best_f1,
-                    "threshold": val["best_global_threshold"],
-                    "config": asdict(cfg),
-                    "fingerprint": fingerprint,
-                    "train_ids": trained_on,
-                },
-                ckpt_dir / "best.pt",
-            )
-        save(t.state(epoch, fingerprint), last)
-        write_metrics(t.history, out / "metrics.csv")
+        lr = t.opt.param_groups[0]["lr"]
+        row = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": lr, "images_per_s": rate}
+        improved = end_epoch(t, cfg, row, out, fingerprint, trained_on)
         eta = (time.monotonic() - run_start) / (epoch + 1 - t.start_epoch) * (cfg.epochs - epoch - 1)
-        log.info(
-            "epoch %d/%d: train loss %.4f, val BCE %.4f, val macro F1 %.4f at 0.5, %.4f at %.2f%s; %.1f img/s; ETA %s",
-            epoch + 1,
-            cfg.epochs,
-            train_loss,
-            val["val_bce"],
-            val["val_f1_at_0.5"],
-            val["val_f1_best_global"],
-            val["best_global_threshold"],
-            " (best)" if improved else "",
-            rate,
-            format_seconds(eta),
-        )
+        log_epoch(cfg, row, improved, eta)
         plot.update(t.history)
 
     with atomic_path(out / "best.pt") as tmp:
