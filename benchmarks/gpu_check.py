@@ -121,7 +121,7 @@ def train_and_compare(
     p_dev, y, dev_s = predict_file(best, shards, folds, tmp / "dev.h5", device, views, batch, threads)
     p_cpu, _, cpu_s = predict_file(best, shards, folds, tmp / "cpu.h5", "cpu", views, batch, threads)
     t = fit(y, p_dev, ThresholdSettings("per_class", 0.0, 0, True))
-    agree = apply(p_dev, t) == apply(p_cpu, t)
+    agree = apply(p_dev, t, True) == apply(p_cpu, t, True)
     return {
         "train": {
             "device": device,

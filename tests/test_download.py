@@ -186,7 +186,7 @@ def test_kaggle_without_credentials_says_what_to_do(tmp_path):
     os.environ.update(env)
     try:
         with pytest.raises(DownloadError, match="kaggle auth login"):
-            download_kaggle(tmp_path / "hpa")
+            download_kaggle(tmp_path / "hpa", "human-protein-atlas-image-classification")
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -196,4 +196,4 @@ def test_kaggle_skipped_when_present(tmp_path):
     for d in ["train", "test"]:
         (tmp_path / d).mkdir()
     (tmp_path / "train.csv").write_text("Id,Target\n")
-    assert download_kaggle(tmp_path) == "already present"
+    assert download_kaggle(tmp_path, "human-protein-atlas-image-classification") == "already present"

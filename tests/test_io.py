@@ -43,12 +43,12 @@ def test_png_16bit_is_scaled(tmp_path: Path):
 def test_uint16_rule():
     v = np.array([0, 128, 129, 257, 32767, 32896, 65535], np.uint16)
     # round(v * 255 / 65535)
-    assert uint16_to_uint8(v).tolist() == [0, 0, 1, 1, 127, 128, 255]
+    assert uint16_to_uint8(v, 16).tolist() == [0, 0, 1, 1, 127, 128, 255]
     every8 = np.arange(256, dtype=np.uint16)
-    assert np.array_equal(uint16_to_uint8(every8 * 257), every8)
+    assert np.array_equal(uint16_to_uint8(every8 * 257, 16), every8)
     every16 = np.arange(65536, dtype=np.uint64)
     exact = (every16 * 255 + 32767) // 65535  # round(v * 255 / 65535) in integers
-    assert np.array_equal(uint16_to_uint8(every16.astype(np.uint16).reshape(256, 256)).ravel(), exact)
+    assert np.array_equal(uint16_to_uint8(every16.astype(np.uint16).reshape(256, 256), 16).ravel(), exact)
 
 
 def test_uint16_rule_with_fewer_bits():

@@ -88,7 +88,7 @@ def test_shrinkage_and_floor():
 def test_at_least_one_argmax_fallback():
     p = np.array([[0.1, 0.3, 0.2], [0.9, 0.1, 0.6]])
     assert apply(p, 0.5, at_least_one=False).tolist() == [[False, False, False], [True, False, True]]
-    assert apply(p, 0.5).tolist() == [[False, True, False], [True, False, True]]
+    assert apply(p, 0.5, True).tolist() == [[False, True, False], [True, False, True]]
 
 
 def test_cross_fitting_never_fits_on_the_held_out_fold():
@@ -126,7 +126,7 @@ def test_a_score_equal_to_its_threshold_is_not_predicted():
     p = np.array([[0.5, 0.2], [0.7, 0.5]])
     assert apply(p, np.array([0.5, 0.5]), at_least_one=False).tolist() == [[False, False], [True, False]]
     # ... and with at_least_one the empty first row takes its argmax, the second row stays as it is.
-    assert apply(p, np.array([0.5, 0.5])).tolist() == [[True, False], [True, False]]
+    assert apply(p, np.array([0.5, 0.5]), True).tolist() == [[True, False], [True, False]]
     assert macro_f1_at(np.array([[1, 0], [1, 0]]), p, 0.5) == pytest.approx(np.mean([2 / 3, 0.0]))
 
 

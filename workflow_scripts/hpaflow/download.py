@@ -28,7 +28,6 @@ from .progress import Progress
 
 log = logging.getLogger("hpaflow")
 USER_AGENT = "hpa-workflow/1.0 (Snakemake; polite bounded downloader)"
-KAGGLE_COMPETITION = "human-protein-atlas-image-classification"
 
 
 class DownloadError(RuntimeError):
@@ -154,7 +153,7 @@ def download_hpav18(ids: list[str], out_dir: str | Path, s: FetchSettings, repor
     return counts
 
 
-def download_kaggle(data_root: str | Path, competition: str = KAGGLE_COMPETITION) -> str:
+def download_kaggle(data_root: str | Path, competition: str) -> str:
     """The competition's files via the kaggle CLI, unpacked into data_root (skipped when present)."""
     root = Path(data_root)
     if (root / "train.csv").exists() and (root / "train").is_dir() and (root / "test").is_dir():

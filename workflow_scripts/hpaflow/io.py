@@ -35,7 +35,7 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def uint16_to_uint8(img: np.ndarray, bits: int = 16) -> np.ndarray:
+def uint16_to_uint8(img: np.ndarray, bits: int) -> np.ndarray:
     """Linear map of the `bits`-bit range onto uint8, rounded: v8 = round(v16 * 255 / (2**bits - 1)),
     values above the range clipped to 255.
 

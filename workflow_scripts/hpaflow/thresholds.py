@@ -106,7 +106,7 @@ def fit(y: np.ndarray, p: np.ndarray, settings: ThresholdSettings, prior: np.nda
     return np.where(n_pos < settings.min_positives, t_global, t)
 
 
-def apply(p: np.ndarray, t: np.ndarray | float, at_least_one: bool = True) -> np.ndarray:
+def apply(p: np.ndarray, t: np.ndarray | float, at_least_one: bool) -> np.ndarray:
     """Binary predictions p > t; with at_least_one, a row where no class passes gets its argmax."""
     pred = p > np.asarray(t)
     if at_least_one:
