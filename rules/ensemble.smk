@@ -84,3 +84,28 @@ rule plots:
         folds=FOLDS,
     script:
         "../workflow_scripts/plots.py"
+
+
+rule export:
+    """The fitted ensemble as a package to take away: one ONNX graph, thresholds, classes, preprocessing, README."""
+    input:
+        models=expand("results/models/{model}/fold{fold}/best.pt", model=MODELS, fold=FOLDS),
+        ensemble="results/ensemble.h5",
+        metrics="results/metrics.json",
+        shards=train_shards,
+    output:
+        package=directory("results/export/hpa_classifier"),
+        zip="results/export/hpa_classifier.zip",
+    log:
+        "logs/export.log",
+    conda:
+        "../envs/export.yaml"
+    threads: job_threads("export")
+    resources:
+        **job_resources("export"),
+    params:
+        models=MODELS,
+        folds=FOLDS,
+        config=config_keys("export", "predict", "thresholds", "datasets", "tiling"),
+    script:
+        "../workflow_scripts/export.py"

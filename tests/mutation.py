@@ -33,6 +33,7 @@ TESTS = [
     "test_summary.py",
     "test_predict.py",
     "test_folds.py",
+    "test_config.py",  # each stage's settings built from the config (from_config)
 ]
 # mutmut's exit codes of a mutant's test run (mutmut.stats.status_by_exit_code).
 STATUS = {
@@ -56,7 +57,8 @@ def stage(modules: list[str]) -> None:
         REPO / "workflow_scripts" / "hpaflow", STAGE / "hpaflow", ignore=shutil.ignore_patterns("__pycache__")
     )
     shutil.copytree(REPO / "tests", STAGE / "tests", ignore=shutil.ignore_patterns("__pycache__", "slurm"))
-    shutil.copytree(REPO / "config", STAGE / "config")
+    for folder in ("config", "rules"):  # test_config reads the schema, the generated README and the rules
+        shutil.copytree(REPO / folder, STAGE / folder)
     shutil.copy(REPO / "pytest.ini", STAGE / "pytest.ini")
     if (REPO.parent / "shared").exists():  # tests find ../shared beside the folder they run in
         (STAGE / "shared").symlink_to(REPO.parent / "shared")
@@ -67,7 +69,7 @@ def stage(modules: list[str]) -> None:
                 "only_mutate": [f"hpaflow/{m}.py" for m in modules],
                 "pytest_add_cli_args_test_selection": [f"tests/{t}" for t in TESTS],
                 "pytest_add_cli_args": ["-p", "no:cacheprovider", "-m", "not slow"],
-                "also_copy": ["config", "pytest.ini"],
+                "also_copy": ["config", "rules", "pytest.ini"],
                 "process_isolation": "forkserver",  # torch is not fork-safe after the stats run
             }
         }

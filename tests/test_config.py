@@ -57,6 +57,7 @@ def test_every_schema_default_reaches_the_stage():
     from hpaflow.demo import DemoSpec
     from hpaflow.download import FetchSettings
     from hpaflow.ensemble import EnsembleSettings
+    from hpaflow.export import ExportSettings
     from hpaflow.predict import PredictSettings
     from hpaflow.train import TrainConfig
 
@@ -91,6 +92,16 @@ def test_every_schema_default_reaches_the_stage():
     }
     assert ensemble.methods == list(dict.fromkeys([*th["methods"], th["final"]]))
     assert (ensemble.weights, ensemble.weight_step) == (ens["weights"], ens["weight_step"])
+    export = ExportSettings.from_config(cfg)  # export.tta_views null: predict's views
+    assert vars(export) == {
+        "views": schema_defaults(schema["predict"])["tta_views"],
+        "tta_combine": schema_defaults(schema["predict"])["tta_combine"],
+        "at_least_one": th["at_least_one"],
+        "datasets": cfg["datasets"][:3],
+    }
+    assert ExportSettings.from_config({**cfg, "export": {"tta_views": [0, 4]}}).views == [0, 4]
+    with pytest.raises(ValueError, match="tiling: the exported graph scores whole images"):
+        ExportSettings.from_config({**cfg, "tiling": "grid"})
     pred, predict = schema_defaults(schema["predict"]), PredictSettings.from_config(cfg, threads=2)
     assert vars(predict) == {
         "views": pred["tta_views"],

@@ -257,3 +257,18 @@ def test_uneven_folds_with_nothing_to_swap_are_left_as_they_are():
     y[:, 0] = 1
     fold = np.array([0, 0, 0, 0, 0, 1])
     assert rebalance(y, fold, 2, np.random.default_rng(0)).tolist() == fold.tolist()
+
+
+def test_a_class_with_nothing_to_swap_does_not_stop_the_next_one():
+    """Fold 0 holds 6 images, fold 1 two, all of class 0: class 0 (first of the worst) cannot be
+    swapped (fold 1 has no image without it) and is skipped; class 1 (4 images, all in fold 0) then
+    gets one swap: counts 3 and 1, fold sizes and class 0 unchanged."""
+    y = np.zeros((8, 28), np.uint8)
+    y[:, 0] = 1
+    y[:4, 1] = 1
+    fold = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    out = rebalance(y, fold, 2, np.random.default_rng(0))
+    assert [int((out == k).sum()) for k in (0, 1)] == [6, 2]
+    assert [int(y[out == k, 1].sum()) for k in (0, 1)] == [3, 1]
+    assert [int(y[out == k, 0].sum()) for k in (0, 1)] == [6, 2]
+

@@ -205,3 +205,35 @@ def test_report(e2e):
     for block in [*metrics["models"].values(), metrics["ensemble"]]:
         assert f"{block['thresholds']['per_class']['f1_cross_fitted']:.4f}" in html
     assert f"{metrics['prior_baseline']['f1']:.4f}" in html
+
+
+def test_export_package_reproduces_the_ensembles_test_probabilities(e2e):
+    """`snakemake export`: the ONNX graph, run with onnxruntime on the test shards' rows, gives the
+    ensemble's own test probabilities (predict -> model_summary -> ensemble); the package's files."""
+    import zipfile
+
+    import onnxruntime as ort
+
+    run_snakemake(e2e, "export")
+    pkg = e2e / "results/export/hpa_classifier"
+    names = ["README.md", "classes.json", "ensemble.onnx", "preprocessing.json", "thresholds.json"]
+    assert sorted(p.name for p in pkg.iterdir() if p.name != ".snakemake_timestamp") == names  # Snakemake's marker
+    with zipfile.ZipFile(e2e / "results/export/hpa_classifier.zip") as z:
+        assert sorted(z.namelist()) == names
+    with h5py.File(e2e / "results/ensemble.h5") as h5:
+        expected = dict(zip(h5["test_ids"].asstr()[...], h5["test_probs"][...]))
+        thresholds = h5["thresholds"][...]
+    sess = ort.InferenceSession(str(pkg / "ensemble.onnx"), providers=["CPUExecutionProvider"])
+    seen = 0
+    for shard in sorted((e2e / "results/shards/kaggle_test").glob("*.h5")):
+        with h5py.File(shard) as h5:
+            ids, images = h5["ids"].asstr()[...], h5["images"][...]
+        (got,) = sess.run(None, {"rgby": np.ascontiguousarray(images.transpose(0, 3, 1, 2))})
+        assert np.abs(got - np.stack([expected[i] for i in ids])).max() <= 1e-4
+        seen += len(ids)
+    assert seen == len(expected) == E2E["demo"]["n_test"]
+    th = json.loads((pkg / "thresholds.json").read_text())
+    assert th["at_least_one"] is True and np.allclose(th["thresholds"], thresholds, atol=1e-6)
+    assert json.loads((pkg / "classes.json").read_text())["0"] == "Nucleoplasm"
+    assert json.loads((pkg / "preprocessing.json").read_text())["resize"]["size"] == E2E["image_size"]
+    assert "max abs difference" in (e2e / "logs/export.log").read_text()

@@ -13,7 +13,10 @@ The graph is float32 throughout: it matches predict on the CPU; predict on CUDA 
 
 from __future__ import annotations
 
+import json
+import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,9 @@ import torch
 from torch import nn
 
 from .augment import compose_batch, dihedral_batch, normalize_batch
+from .files import atomic_path
+from .labels import CLASS_NAMES
+from .layout import COLORS, JPEG_PLANES
 from .predict import REDUCERS, load_checkpoint, load_model
 
 OPSET = 18
@@ -102,7 +108,9 @@ class EnsembleModule(nn.Module):
                 sizes.add(cfg["image_size"])
         if len(sizes) > 1:
             raise ValueError(f"the members' image sizes differ ({sorted(sizes)}): one graph takes one input size")
-        return cls(members, views, tta_combine, member_weights(model_weights, [len(f) for f in checkpoints]))
+        module = cls(members, views, tta_combine, member_weights(model_weights, [len(f) for f in checkpoints]))
+        module.image_size = sizes.pop()  # the graph's input side
+        return module
 
 
 def export_onnx(module: nn.Module, size: int, path: str | Path, opset: int = OPSET) -> None:
@@ -143,3 +151,107 @@ def check_onnx(path: str | Path, module: nn.Module, x: torch.Tensor | np.ndarray
     if got.shape != expected.shape:
         raise ValueError(f"ONNX output shape {got.shape} differs from the module's {expected.shape}")
     return float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max())
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What goes into the exported package; defaults live in the config schema only (from_config)."""
+
+    views: list[int]  # TTA views inside the graph (export.tta_views, else predict.tta_views)
+    tta_combine: str
+    at_least_one: bool
+    datasets: list[dict]  # the train datasets: their formats and bits say how images were read
+
+    @classmethod
+    def from_config(cls, config: dict) -> ExportSettings:
+        if config["tiling"] != "none":
+            raise ValueError("tiling: the exported graph scores whole images; models trained on tiles are not exported")
+        views = config["export"]["tta_views"] or config["predict"]["tta_views"]
+        train = [d for d in config["datasets"] if d["role"] == "train"]
+        return cls(views, config["predict"]["tta_combine"], config["thresholds"]["at_least_one"], train)
+
+
+def preprocessing(size: int, datasets: list[dict]) -> dict:
+    """How a field of view becomes the graph's input, as the shard step does it (io, shards)."""
+    return {
+        "input": {"name": "rgby", "dtype": "uint8", "shape": ["batch", 4, size, size], "channel_order": list(COLORS)},
+        "channel_files": "{Id}_{red,green,blue,yellow}.{png|tif|tiff|jpg}, one grey plane per colour",
+        "formats": {
+            "png": "8-bit grey (16-bit is scaled as tiff)",
+            "tiff": "uint8, or uint16 mapped linearly: v8 = round(v * 255 / (2**bits - 1)), values above clipped",
+            "jpg": "HPAv18 RGB JPEG with the signal in its colour's plane(s): "
+            + ", ".join(f"{c} from BGR plane(s) {list(p)}" for c, p in JPEG_PLANES.items())
+            + " (yellow: the rounded mean of R and G)",
+        },
+        "bits_of_training_data": {d["name"]: {"format": d["format"], "bits": d["bits"]} for d in datasets},
+        "resize": {"size": size, "interpolation": "cv2.INTER_AREA to shrink, cv2.INTER_LINEAR to enlarge"},
+        "inside_the_graph": "x / 255, colour composition per member, ImageNet normalisation, TTA views, sigmoid",
+    }
+
+
+def package_readme(metrics: dict, models: list[str], n_folds: int, size: int, views: list[int]) -> str:
+    e = metrics["ensemble"]
+    return f"""# HPA protein-localisation classifier
+
+An ensemble of {len(models)} model(s) ({", ".join(models)}) x {n_folds} folds, trained by the HPA image
+classification workflow on {metrics["n_train"]} fields of view, at {size} px, with {len(views)} test-time
+augmentation views. It predicts which of 28 subcellular locations (classes.json) a protein shows in a
+4-channel immunofluorescence field: red microtubules, green the protein, blue nuclei, yellow ER.
+
+- Out-of-fold macro F1: {e["f1_cross_fitted"]:.4f} (thresholds `{e["final_method"]}`, cross-fitted: each fold
+  scored with thresholds fitted on the other folds); {e["f1_at_0.5"]:.4f} at 0.5; a prior-only baseline
+  scores {metrics["prior_baseline"]["f1"]:.4f}.
+- ensemble.onnx: uint8 RGBY (batch, 4, {size}, {size}) -> probabilities (batch, 28); preprocessing.json says
+  how to make the input from channel images; thresholds.json turns probabilities into labels
+  (class c when p > threshold[c]; with at_least_one, the argmax when no class passes).
+
+Intended use: research on fields imaged like the Human Protein Atlas (confocal, 4 channels, the same
+stains). It has not been validated on other microscopes, stains or cell lines: check it on labelled
+fields of your own before relying on it.
+"""
+
+
+def write_package(
+    out_dir: str | Path,
+    module: EnsembleModule,
+    size: int,
+    settings: ExportSettings,
+    thresholds: np.ndarray,
+    metrics: dict,
+    models: list[str],
+    n_folds: int,
+    sample: np.ndarray,
+    max_diff: float = 1e-4,
+) -> float:
+    """Write the package folder (files written under temporary names, then moved in); returns the ONNX
+    vs PyTorch max abs difference on `sample` (real shard rows), which must be at most max_diff."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "ensemble.onnx") as tmp:
+        export_onnx(module, size, tmp)
+        diff = check_onnx(tmp, module, sample)
+        if diff > max_diff:
+            raise ValueError(f"ONNX and PyTorch differ by {diff:.2e} on {len(sample)} shard rows (> {max_diff})")
+    texts = {
+        "thresholds.json": {
+            "method": metrics["ensemble"]["final_method"],
+            "at_least_one": settings.at_least_one,
+            "thresholds": [round(float(t), 6) for t in thresholds],
+        },
+        "classes.json": {str(i): name for i, name in enumerate(CLASS_NAMES)},
+        "preprocessing.json": preprocessing(size, settings.datasets),
+    }
+    for name, value in texts.items():
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(json.dumps(value, indent=1) + "\n")
+    with atomic_path(out / "README.md") as tmp:
+        tmp.write_text(package_readme(metrics, models, n_folds, size, settings.views))
+    return diff
+
+
+def zip_package(folder: str | Path, zip_path: str | Path) -> None:
+    """The package folder as one zip (its files at the top level)."""
+    folder = Path(folder)
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(folder.iterdir()):
+            z.write(f, f.name)

@@ -50,7 +50,9 @@ def rebalance(
         # Move one image with class c from a (too many) to b, and one without it back.
         ia = np.flatnonzero((fold == a) & (y[:, c] == 1))
         ib = np.flatnonzero((fold == b) & (y[:, c] == 0))
-        if len(ia) == 0 or len(ib) == 0:  # uneven folds: nothing to swap for this class
+        # a holds at least 2 images of c (|dev| > 1 needs it), but with uneven folds every image of b
+        # may have c: nothing to swap for this class.
+        if len(ib) == 0:
             stuck.add((k, c))
             continue
         ia = rng.choice(ia, min(len(ia), candidates), replace=False)
