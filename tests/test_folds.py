@@ -271,4 +271,3 @@ def test_a_class_with_nothing_to_swap_does_not_stop_the_next_one():
     assert [int((out == k).sum()) for k in (0, 1)] == [6, 2]
     assert [int(y[out == k, 1].sum()) for k in (0, 1)] == [3, 1]
     assert [int(y[out == k, 0].sum()) for k in (0, 1)] == [6, 2]
-
