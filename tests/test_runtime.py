@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpaflow.runtime import pick_device
+from hpaflow.runtime import pick_device, use_threads
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 
@@ -30,3 +30,13 @@ def test_auto_without_cuda(monkeypatch, caplog, visible, warns):
 def test_cuda_asked_for_without_one_is_an_error():
     with pytest.raises(RuntimeError, match="device: cuda was asked for"):
         pick_device("cuda")
+
+
+def test_use_threads_gives_torch_the_threads_and_returns_the_loader_workers():
+    before = torch.get_num_threads()
+    try:
+        assert use_threads(3) == 2 and torch.get_num_threads() == 3
+        assert use_threads(1) == 0 and torch.get_num_threads() == 1
+        assert use_threads(0) == 0 and torch.get_num_threads() == 1  # at least one thread
+    finally:
+        torch.set_num_threads(before)

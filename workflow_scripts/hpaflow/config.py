@@ -162,7 +162,7 @@ def _bounds(node: dict) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def _rows(node: dict, prefix: str, required: set[str], root: dict):
+def _rows(node: dict, prefix: str, required: set[str]):
     for name, sub in node.get("properties", {}).items():
         key = f"{prefix}{name}"
         if "$ref" in sub:  # a shared shape (#/$defs/name), listed once after the table; its default here
@@ -178,10 +178,10 @@ def _rows(node: dict, prefix: str, required: set[str], root: dict):
         desc = " ".join(sub.get("description", "").split())
         yield key, _type_of(sub) + _bounds(sub), default, desc
         if "properties" in sub:
-            yield from _rows(sub, key + ".", set(sub.get("required", [])), root)
+            yield from _rows(sub, key + ".", set(sub.get("required", [])))
         items = sub.get("items", {})
         if "properties" in items:
-            yield from _rows(items, key + "[].", set(items.get("required", [])), root)
+            yield from _rows(items, key + "[].", set(items.get("required", [])))
 
 
 def schema_reference(schema: dict) -> str:
@@ -201,7 +201,7 @@ def schema_reference(schema: dict) -> str:
     for node, prefix, required in table:
         if prefix:
             lines += ["", f"### {prefix[1:-2]}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        for key, typ, default, desc in _rows(node, prefix, required, schema):
+        for key, typ, default, desc in _rows(node, prefix, required):
             cells = [f"`{key}`", typ, default, desc.replace("|", "\\|")]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

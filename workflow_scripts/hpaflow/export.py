@@ -32,16 +32,20 @@ from .predict import REDUCERS, load_checkpoint, load_model
 OPSET = 18
 
 
+def normalised(weights: Sequence[float]) -> np.ndarray:
+    """Weights scaled to sum 1 (as ensemble.weighted_mean does); they must be non-negative, not all 0."""
+    w = np.asarray(weights, np.float64)
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
+    return w / w.sum()
+
+
 def member_weights(model_weights: Sequence[float], n_folds: Sequence[int]) -> list[float]:
     """Per-member weights from per-model weights (results/ensemble.h5 `weights`): each model's folds
     are averaged with equal weight first, so a member weighs its model's (normalised) weight / n_folds."""
     if len(model_weights) != len(n_folds):
         raise ValueError(f"{len(model_weights)} model weights for {len(n_folds)} models")
-    w = np.asarray(model_weights, np.float64)
-    if (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights must be non-negative with a positive sum, got {list(model_weights)}")
-    w = w / w.sum()
-    return [float(wm / k) for wm, k in zip(w, n_folds) for _ in range(k)]
+    return [float(wm / k) for wm, k in zip(normalised(model_weights), n_folds) for _ in range(k)]
 
 
 class EnsembleModule(nn.Module):
@@ -67,14 +71,12 @@ class EnsembleModule(nn.Module):
             raise ValueError(f"unknown combine {tta_combine!r} (mean or max)")
         if not views or any(v not in range(8) for v in views):
             raise ValueError(f"TTA views must be dihedral views 0-7, got {list(views)}")
-        w = torch.as_tensor(np.asarray(weights, np.float64), dtype=torch.float64)
-        if (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
+        w = normalised(weights)
         self.models = nn.ModuleList([m.eval() for m, _ in members])
         self.color_modes = [c for _, c in members]
         self.views = [int(v) for v in views]
         self.tta_combine = tta_combine
-        self.register_buffer("weights", (w / w.sum()).float())
+        self.register_buffer("weights", torch.as_tensor(w, dtype=torch.float32))
 
     def member_probs(self, rgby: torch.Tensor) -> torch.Tensor:
         """(M, N, 28): each member's TTA-combined probabilities (predict's `probs`)."""
@@ -104,7 +106,7 @@ class EnsembleModule(nn.Module):
         for files in checkpoints:
             for f in files:
                 model, cfg = load_model(load_checkpoint(f), torch.device("cpu"))
-                members.append((model.eval(), cfg["color_mode"]))
+                members.append((model, cfg["color_mode"]))
                 sizes.add(cfg["image_size"])
         if len(sizes) > 1:
             raise ValueError(f"the members' image sizes differ ({sorted(sizes)}): one graph takes one input size")

@@ -16,7 +16,7 @@ from .augment import dihedral_batch, prepare_batch
 from .data import ShardDataset, ShardRows, fold_of
 from .files import atomic_path
 from .models import build_model
-from .runtime import autocast_dtype, pick_device
+from .runtime import autocast_dtype, pick_device, use_threads
 from .transforms import CHANNELS
 
 log = logging.getLogger("hpaflow")
@@ -176,22 +176,20 @@ def run_predict(
     settings: PredictSettings,
 ) -> None:
     s = settings
-    views, tta_combine, tile_combine = s.views, s.tta_combine, s.tile_combine
-    torch.set_num_threads(max(1, s.threads))
+    workers = use_threads(s.threads)
     device = pick_device(s.device)
     state = load_checkpoint(checkpoint)
     rows = ShardRows.from_files(train_shards)
     val = rows.subset(fold_of(rows, folds_csv) == fold)
     check_no_leak(state, checkpoint, val.ids, fold)
     model, cfg = load_model(state, device)
-    workers = max(0, s.threads - 1)
     parts = {}
     for name, r in [(h5n.OOF, val), (h5n.TEST, ShardRows.from_files(test_shards) if test_shards else None)]:
         if r is None:
             continue
-        log.info("%s: %d rows, TTA views %s (%s), tiles %s", name, len(r), views, tta_combine, tile_combine)
+        log.info("%s: %d rows, TTA views %s (%s), tiles %s", name, len(r), s.views, s.tta_combine, s.tile_combine)
         ids, probs, per_view = predict_rows(
-            model, cfg, r, device, views, tta_combine, tile_combine, s.batch_size, workers
+            model, cfg, r, device, s.views, s.tta_combine, s.tile_combine, s.batch_size, workers
         )
         labels = None
         if r.labels is not None:
@@ -210,8 +208,8 @@ def run_predict(
         {
             "model": cfg["name"],
             "fold": fold,
-            "views": list(views),
-            "tta_combine": tta_combine,
-            "tile_combine": tile_combine,
+            "views": list(s.views),
+            "tta_combine": s.tta_combine,
+            "tile_combine": s.tile_combine,
         },
     )

@@ -35,6 +35,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_threads(threads: int) -> int:
+    """Give torch the job's threads; returns the DataLoader workers beside them (threads - 1)."""
+    torch.set_num_threads(max(1, threads))
+    return max(0, threads - 1)
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """Mixed precision on CUDA only: bf16 where supported (no loss scaling needed), else fp16."""
     if device.type != "cuda":

@@ -33,7 +33,7 @@ from .metrics import bce_from_probs, macro_f1_at
 from .models import build_model
 from .predict import predict_probs
 from .progress import Progress, format_seconds
-from .runtime import autocast_dtype, pick_device
+from .runtime import autocast_dtype, pick_device, use_threads
 from .shards import shard_digest
 from .thresholds import best_global
 from .transforms import CHANNELS
@@ -338,9 +338,8 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
     """Train on every fold but cfg.fold, validate on cfg.fold; resume from out_dir if possible."""
     out = Path(out_dir)
     ckpt_dir = out / "checkpoints"
-    torch.set_num_threads(max(1, cfg.threads))
+    workers = use_threads(cfg.threads)
     device = pick_device(cfg.device)
-    workers = max(0, cfg.threads - 1)
 
     rows, fold, train_rows, val_rows = split_rows(cfg, shard_files, folds_csv)
     log.info(
