@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/run.py              # more images, steadier numbers
 
 Prints a table and writes results/benchmarks.json (keys include preprocess_png_ratio,
-loader_speedup_vs_png, thresholds_100k_seconds, dryrun_fullscale_seconds, dryrun_demo_seconds).
+loader_speedup_vs_png, thresholds_100k_seconds, dryrun_fullscale_seconds, dryrun_demo_seconds,
+classify_onnx_vs_torch_cpu).
 """
 
 from __future__ import annotations
@@ -238,11 +239,53 @@ def bench_train_step(quick: bool) -> list[dict]:
     return json.loads(out.read_text())
 
 
+def onnx_batches(sess, batches: list[np.ndarray]) -> None:
+    for b in batches:
+        sess.run(None, {"rgby": b})
+
+
+def torch_batches(module, batches: list[np.ndarray]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for b in batches:
+            module(torch.from_numpy(b))
+
+
+def bench_classify(tmp: Path, quick: bool) -> dict:
+    """Images/s of one resnet18 member (one TTA view) as the exported ONNX graph in onnxruntime (what
+    `snakemake classify` runs) vs the same EnsembleModule's PyTorch forward, both on all CPUs, batch 8."""
+    import torch
+
+    from hpaflow.classify import session
+    from hpaflow.export import EnsembleModule, export_onnx
+    from hpaflow.models import build_model
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    module = EnsembleModule([(build_model("resnet18", 3), "gyb")], [0], "mean", [1.0]).eval()
+    out = {}
+    for size, n in [(64, 64 if quick else 256), (512, 8 if quick else 32)]:
+        path = tmp / f"resnet18_{size}.onnx"
+        export_onnx(module, size, path)
+        sess = session(str(path), threads)
+        x = np.random.default_rng(0).integers(0, 256, (n, 4, size, size), dtype=np.uint8)
+        batches = [x[i : i + 8] for i in range(0, n, 8)]
+
+        onnx_batches(sess, batches), torch_batches(module, batches)  # warm-up
+        o, t = rate(n, onnx_batches, sess, batches, repeat=2), rate(n, torch_batches, module, batches, repeat=2)
+        out[size] = {"onnx_img_s": round(o, 1), "torch_img_s": round(t, 1), "ratio": round(o / t, 2)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer images (under 5 minutes on 2 cores)")
     ap.add_argument("--images", type=int, help="images per preprocessing benchmark (default 24 quick, 96 full)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["preprocess", "loader", "thresholds", "dryrun", "train"])
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=["preprocess", "loader", "thresholds", "dryrun", "train", "classify"]
+    )
     ap.add_argument("--out", default="results/benchmarks.json")
     args = ap.parse_args()
     n = args.images or (24 if args.quick else 96)
@@ -264,6 +307,9 @@ def main() -> None:
             res["dryrun_demo_seconds"] = res["dryrun"]["demo"]
         if "train" not in args.skip:
             res["train_step"] = bench_train_step(args.quick)
+        if "classify" not in args.skip:
+            res["classify"] = bench_classify(tmp, args.quick)
+            res["classify_onnx_vs_torch_cpu"] = min(r["ratio"] for r in res["classify"].values())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -294,6 +340,11 @@ def print_table(res: dict) -> None:
         )
     if "dryrun" in res:
         print(f"  snakemake -n: full scale {res['dryrun']['fullscale']} s, demo {res['dryrun']['demo']} s")
+    for size, r in res.get("classify", {}).items():
+        print(
+            f"  classify resnet18 {size} px, CPU: onnxruntime {r['onnx_img_s']} img/s vs PyTorch "
+            f"{r['torch_img_s']} img/s: {r['ratio']:.2f} (goal >= 1.0)"
+        )
     for r in res.get("train_step", []):
         print(
             f"  train step {r['backbone']} {r['size']} px {r['device']} {r['precision']}: "

@@ -13,7 +13,7 @@ from hpaflow.config import (
     read_dataset,
     validate_config,
 )
-from hpaflow.layout import shard_count
+from hpaflow.layout import COLORS, channel_path, find_ids, shard_count, shard_slice
 
 # Validated here, once the package is importable: errors name the key (schema + cross-key rules).
 validate_config(config, Path(workflow.basedir) / "config/schemas/config.schema.yaml")
@@ -23,6 +23,7 @@ TRAIN_DATASETS = [d["name"] for d in config["datasets"] if d["role"] == "train"]
 TEST_DATASETS = [d["name"] for d in config["datasets"] if d["role"] == "test"]
 MODELS = [m["name"] for m in config["models"]]
 FOLDS = list(range(config["n_folds"]))
+CLASSIFY = config["classify"]  # None unless fields to classify are given
 
 
 wildcard_constraints:
@@ -31,6 +32,7 @@ wildcard_constraints:
     model="|".join(map(re.escape, MODELS)) or "^$",
     fold=r"\d+",
     part=r"\d+",
+    name=re.escape(CLASSIFY["name"]) if CLASSIFY else "^$",
 
 
 @lru_cache(maxsize=None)
@@ -108,3 +110,54 @@ def job_threads(rule):
 def job_resources(rule):
     # Sizes live in the config (schema defaults = full scale); the SLURM profile only places jobs.
     return {k: v for k, v in config["resources"][rule].items() if k != "threads"}
+
+
+def classify_config():
+    if CLASSIFY is None:
+        raise ConfigError(
+            "classify: no fields of view to classify; give them, e.g. snakemake classify --config "
+            "'classify={name: plate42, images: /data/new, format: jpg}' (keys: config/README.md)"
+        )
+    return CLASSIFY
+
+
+@lru_cache(maxsize=None)
+def classify_ids():
+    """The Ids in classify.images, found when first needed (a missing channel stops the planning)."""
+    c = classify_config()
+    try:
+        return find_ids(c["images"], c["format"])
+    except ValueError as e:
+        raise ConfigError(f"classify.images: {e}") from None
+
+
+def classify_package(wildcards):
+    """The exported package: classify.package, else the one this workflow exports."""
+    path = classify_config()["package"]
+    if path is None:
+        return rules.export.output.package
+    if not Path(path).exists():
+        raise ConfigError(f"classify.package: {path} does not exist (an exported folder or its zip)")
+    return path
+
+
+def classify_shard_ids(wildcards):
+    ids = classify_ids()
+    return ids[shard_slice(int(wildcards.index), len(ids), config["shard_size"])]
+
+
+def classify_shard_images(wildcards):
+    c = classify_config()
+    return [
+        str(channel_path(c["images"], i, color, c["format"])) for i in classify_shard_ids(wildcards) for color in COLORS
+    ]
+
+
+def classify_shards(wildcards):
+    n = shard_count(len(classify_ids()), config["shard_size"])
+    return [f"results/classify/{wildcards.name}/shards/{i}.h5" for i in range(n)]
+
+
+def classify_outputs(wildcards):
+    d = f"results/classify/{classify_config()['name']}"
+    return [f"{d}/predictions.csv", f"{d}/gallery.png"]

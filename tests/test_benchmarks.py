@@ -54,5 +54,6 @@ def test_benchmark_suite_runs_at_its_smallest_size(tmp_path):
         "thresholds_100k_seconds",
         "dryrun_fullscale_seconds",
         "dryrun_demo_seconds",
+        "classify_onnx_vs_torch_cpu",
     ]:
         assert isinstance(res[key], (int, float)) and res[key] > 0, key

@@ -46,7 +46,7 @@ def test_every_rule_has_its_resources_in_the_schema():
     sized = set(re.findall(r'job_threads\("(\w+)"\)', "".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))))
     schema = set(yaml.safe_load(SCHEMA.read_text())["properties"]["resources"]["properties"])
     assert sized == schema  # every sized rule has a schema entry and the other way round
-    assert rules - sized == {"download_hpav18", "download", "preprocess"}  # these run no job of their own
+    assert rules - sized == {"download_hpav18", "download", "preprocess", "classify"}  # these run no job of their own
 
 
 def schema_defaults(node: dict) -> dict:
@@ -98,8 +98,10 @@ def test_every_schema_default_reaches_the_stage():
         "tta_combine": schema_defaults(schema["predict"])["tta_combine"],
         "at_least_one": th["at_least_one"],
         "datasets": cfg["datasets"][:3],
+        "authors": schema_defaults(schema["export"])["authors"],
+        "license": schema_defaults(schema["export"])["license"],
     }
-    assert ExportSettings.from_config({**cfg, "export": {"tta_views": [0, 4]}}).views == [0, 4]
+    assert ExportSettings.from_config({**cfg, "export": {**cfg["export"], "tta_views": [0, 4]}}).views == [0, 4]
     with pytest.raises(ValueError, match="tiling: the exported graph scores whole images"):
         ExportSettings.from_config({**cfg, "tiling": "grid"})
     pred, predict = schema_defaults(schema["predict"]), PredictSettings.from_config(cfg, threads=2)
@@ -139,7 +141,7 @@ def edited(**changes):
 @pytest.mark.parametrize(
     "changes,message",
     [
-        ({"image_sise": 64}, r"^  image_sise: unknown key \(allowed: data_root, datasets,"),
+        ({"image_sise": 64}, r"^  image_sise: unknown key \(allowed: classify, data_root, datasets,"),
         ({"datasets__1__fromat": "png"}, r"datasets\[1\]\.fromat: unknown key"),
         ({"datasets__1__format": "gif"}, r"datasets\[1\]\.format: 'gif' is not one of \['png', 'tiff', 'jpg'\]"),
         ({"datasets__0__role": None}, r"datasets\[0\]: 'role' is a required property"),

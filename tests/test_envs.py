@@ -90,8 +90,8 @@ OPTIONAL = {
     "rich": "scikit-learn's progress bar callback",
     "imagecodecs": "tifffile, to decode compressed (LZW, deflate, ...) TIFFs",
 }
-# Optional modules a script's work does need: only the shard job decodes TIFFs.
-SCRIPT_NEEDS = {"workflow_scripts/shard.py": ["imagecodecs"]}
+# Optional modules a script's work does need: only the shard jobs decode TIFFs.
+SCRIPT_NEEDS = {"workflow_scripts/shard.py": ["imagecodecs"], "workflow_scripts/classify_shard.py": ["imagecodecs"]}
 # Distributions a script needs as programs, not imports.
 PROGRAMS = {"workflow_scripts/download_kaggle.py": ["kaggle"]}
 # Where a conda dependency (outside the pip section) has another name on PyPI.

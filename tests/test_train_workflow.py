@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, copy_workflow, kill_snakemake_when, run_snakemake, write_config
-from hpaflow.labels import encode, parse_target
+from conftest import DATA, TINY, copy_workflow, kill_snakemake_when, run_snakemake, write_config
+from hpaflow.labels import CLASS_NAMES, encode, parse_target
 
 MODELS = [
     {
@@ -216,7 +216,10 @@ def test_export_package_reproduces_the_ensembles_test_probabilities(e2e):
 
     run_snakemake(e2e, "export")
     pkg = e2e / "results/export/hpa_classifier"
-    names = ["README.md", "classes.json", "ensemble.onnx", "preprocessing.json", "thresholds.json"]
+    names = [
+        *["README.md", "classes.json", "cover.png", "ensemble.onnx", "manifest.json", "preprocessing.json"],
+        *["rdf.yaml", "test_input.npy", "test_output.npy", "thresholds.json"],
+    ]
     assert sorted(p.name for p in pkg.iterdir() if p.name != ".snakemake_timestamp") == names  # Snakemake's marker
     with zipfile.ZipFile(e2e / "results/export/hpa_classifier.zip") as z:
         assert sorted(z.namelist()) == names
@@ -237,3 +240,69 @@ def test_export_package_reproduces_the_ensembles_test_probabilities(e2e):
     assert json.loads((pkg / "classes.json").read_text())["0"] == "Nucleoplasm"
     assert json.loads((pkg / "preprocessing.json").read_text())["resize"]["size"] == E2E["image_size"]
     assert "max abs difference" in (e2e / "logs/export.log").read_text()
+
+
+def test_exported_package_passes_the_bioimageio_model_test(e2e):
+    """The package's rdf.yaml is a valid bioimage.io model (format 0.5) whose ONNX weights reproduce its test
+    tensors (real shard rows in, the PyTorch ensemble's output out): bioimageio.core's own test, offline."""
+    from bioimageio.core import test_model
+
+    run_snakemake(e2e, "export")
+    pkg = e2e / "results/export/hpa_classifier"
+    summary = test_model(pkg / "rdf.yaml")
+    assert summary.status == "passed", summary.format()
+    names = [d.name for d in summary.details if d.status == "passed"]
+    assert "Reproduce test outputs from test inputs (onnx)" in names
+    rows = np.load(pkg / "test_input.npy")
+    with h5py.File(sorted((e2e / "results/shards/kaggle_train").glob("*.h5"))[0]) as h5:
+        assert np.array_equal(rows, h5["images"][: len(rows)].transpose(0, 3, 1, 2))  # real shard rows
+
+
+def classify_config(name: str, images, fmt: str, package=None) -> str:
+    extra = f", package: {package}" if package else ""
+    return f"classify={{name: {name}, images: {images}, format: {fmt}{extra}}}"
+
+
+def test_classify_the_demo_test_images_as_new_fields(e2e, tmp_path):
+    """`snakemake classify` on a copy of the demo's test images, as a user's new folder: every Id gets
+    exactly the labels of results/submission.csv and the ensemble's test probabilities (within 1e-4)."""
+    new = tmp_path / "plate42"
+    shutil.copytree(e2e / "data/demo/test", new)
+    run_snakemake(e2e, "classify", "--config", classify_config("plate42", new, "png"))
+    out = e2e / "results/classify/plate42"
+    got = pd.read_csv(out / "predictions.csv", dtype={"Id": str, "Predicted": str}, keep_default_na=False)
+    sub = pd.read_csv(e2e / "results/submission.csv", dtype=str, keep_default_na=False)
+    assert sorted(got.Id) == sorted(sub.Id) and len(got) == E2E["demo"]["n_test"]
+    assert dict(zip(got.Id, got.Predicted)) == dict(zip(sub.Id, sub.Predicted))
+    with h5py.File(e2e / "results/ensemble.h5") as h5:
+        expected = dict(zip(h5["test_ids"].asstr()[...], h5["test_probs"][...]))
+    probs = got.iloc[:, 3:].to_numpy()
+    assert list(got.columns[3:]) == list(CLASS_NAMES)
+    assert np.abs(probs - np.stack([expected[i] for i in got.Id])).max() <= 1e-4
+    first = got.Predicted.iloc[0].split()
+    assert got.Labels.iloc[0] == "; ".join(CLASS_NAMES[int(k)] for k in first)
+    assert (out / "gallery.png").stat().st_size > 0
+    assert re.search(
+        r"classify: \d+/\d+ \(100%\) [\d.]+ images/s", (e2e / "logs/classify/plate42/predict.log").read_text()
+    )
+
+
+def test_classify_with_a_package_on_a_machine_that_never_trained(e2e, tmp_path):
+    """A clean copy of the workflow (no results, no demo data) given only the exported zip classifies the
+    real HPAv18 sample field (1728 px JPEGs), and agrees with onnxruntime run on that field by hand."""
+    import onnxruntime as ort
+
+    from hpaflow.io import read_rgby
+
+    run_snakemake(e2e, "export")
+    lab = copy_workflow(tmp_path / "lab")
+    assert not (lab / "results").exists() and not (lab / "data").exists()
+    package = e2e / "results/export/hpa_classifier.zip"
+    run_snakemake(lab, "classify", "--config", classify_config("hpav18", DATA, "jpg", package))
+    got = pd.read_csv(lab / "results/classify/hpav18/predictions.csv", dtype={"Id": str}, keep_default_na=False)
+    assert list(got.Id) == ["89_B5_1"] and got.Predicted.iloc[0] != ""
+    assert not (lab / "results/models").exists()
+    rgby = read_rgby(DATA, "89_B5_1", "jpg", E2E["image_size"])
+    sess = ort.InferenceSession(str(e2e / "results/export/hpa_classifier/ensemble.onnx"))
+    (p,) = sess.run(None, {"rgby": rgby.transpose(2, 0, 1)[None]})
+    assert np.abs(got.iloc[0, 3:].to_numpy(np.float64) - p[0]).max() <= 1e-5

@@ -66,9 +66,43 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
+def _types(schema: dict, root: dict) -> tuple[dict, set[str]]:
+    if "$ref" in schema:  # local refs only: "#/$defs/name"
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[1]]
+    t = schema.get("type", [])
+    return schema, set([t] if isinstance(t, str) else t)
+
+
+def coerce_strings(value, schema: dict, root: dict):
+    """Snakemake's --config reads nested values as strings (`--config 'classify={bits: 12}'` gives '12'):
+    where the schema takes no string, a string that spells an integer, number, boolean or null becomes one."""
+    schema, types = _types(schema, root)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: coerce_strings(v, props[k], root) if k in props else v for k, v in value.items()}
+    if isinstance(value, list) and "items" in schema:
+        return [coerce_strings(v, schema["items"], root) for v in value]
+    if not isinstance(value, str) or "enum" in schema:
+        return value
+    if "null" in types and value in ("null", "~"):
+        return None
+    if "string" in types:
+        return value
+    if "boolean" in types and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for kind, parse in (("integer", int), ("number", float)):
+        if kind in types:
+            try:
+                return parse(value)
+            except ValueError:
+                pass
+    return value
+
+
 def validate_config(config: dict, schema_path: str | Path) -> dict:
     """Validate against the JSON schema, filling defaults in place; errors name each key."""
     schema = yaml.safe_load(Path(schema_path).read_text())
+    config.update(coerce_strings(config, schema, schema))
     cls = _with_defaults(jsonschema.validators.validator_for(schema))
     errors = sorted(cls(schema).iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -81,7 +115,7 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
 
 
 # Folder keys where `~` means the home folder, as in a shell.
-PATH_KEYS = (("data_root",), ("pretrained_dir",), ("demo", "dir"))
+PATH_KEYS = (("data_root",), ("pretrained_dir",), ("demo", "dir"), ("classify", "images"), ("classify", "package"))
 
 
 def check_config(config: dict) -> None:
@@ -90,8 +124,8 @@ def check_config(config: dict) -> None:
         *parents, last = keys
         node = config
         for k in parents:
-            node = node[k]
-        if last in node:
+            node = node.get(k) or {}  # an optional block (classify) may be absent
+        if node.get(last) is not None:
             node[last] = os.path.expanduser(node[last])
     names = [d["name"] for d in config["datasets"]]
     for i, name in enumerate(names):

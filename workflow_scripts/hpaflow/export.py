@@ -21,15 +21,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from .augment import compose_batch, dihedral_batch, normalize_batch
 from .files import atomic_path
+from .gallery import captioned_grid, write_png
 from .labels import CLASS_NAMES
 from .layout import COLORS, JPEG_PLANES
+from .package import sha256_of, write_manifest
 from .predict import REDUCERS, load_checkpoint, load_model
 
 OPSET = 18
+BIOIMAGEIO_FORMAT = "0.5.4"
+TEST_ROWS = 2  # shard rows in the bioimage.io test tensors (and the cover)
+CITATION = {
+    "text": "Ouyang W, et al. Analysis of the Human Protein Atlas Image Classification competition. "
+    "Nat Methods 16, 1254-1261 (2019)",
+    "doi": "10.1038/s41592-019-0658-6",
+}
 
 
 def normalised(weights: Sequence[float]) -> np.ndarray:
@@ -163,6 +173,8 @@ class ExportSettings:
     tta_combine: str
     at_least_one: bool
     datasets: list[dict]  # the train datasets: their formats and bits say how images were read
+    authors: list[str]  # named in the bioimage.io description
+    license: str  # SPDX id
 
     @classmethod
     def from_config(cls, config: dict) -> ExportSettings:
@@ -170,7 +182,15 @@ class ExportSettings:
             raise ValueError("tiling: the exported graph scores whole images; models trained on tiles are not exported")
         views = config["export"]["tta_views"] or config["predict"]["tta_views"]
         train = [d for d in config["datasets"] if d["role"] == "train"]
-        return cls(views, config["predict"]["tta_combine"], config["thresholds"]["at_least_one"], train)
+        e = config["export"]
+        return cls(
+            views,
+            config["predict"]["tta_combine"],
+            config["thresholds"]["at_least_one"],
+            train,
+            e["authors"],
+            e["license"],
+        )
 
 
 def preprocessing(size: int, datasets: list[dict]) -> dict:
@@ -200,17 +220,79 @@ classification workflow on {metrics["n_train"]} fields of view, at {size} px, wi
 augmentation views. It predicts which of 28 subcellular locations (classes.json) a protein shows in a
 4-channel immunofluorescence field: red microtubules, green the protein, blue nuclei, yellow ER.
 
-- Out-of-fold macro F1: {e["f1_cross_fitted"]:.4f} (thresholds `{e["final_method"]}`, cross-fitted: each fold
-  scored with thresholds fitted on the other folds); {e["f1_at_0.5"]:.4f} at 0.5; a prior-only baseline
-  scores {metrics["prior_baseline"]["f1"]:.4f}.
 - ensemble.onnx: uint8 RGBY (batch, 4, {size}, {size}) -> probabilities (batch, 28); preprocessing.json says
   how to make the input from channel images; thresholds.json turns probabilities into labels
   (class c when p > threshold[c]; with at_least_one, the argmax when no class passes).
+- rdf.yaml: the bioimage.io model description (test tensors test_input.npy / test_output.npy, cover.png);
+  manifest.json: the sha256 of every file, checked by the workflow's `snakemake classify`.
 
-Intended use: research on fields imaged like the Human Protein Atlas (confocal, 4 channels, the same
-stains). It has not been validated on other microscopes, stains or cell lines: check it on labelled
-fields of your own before relying on it.
+## Validation
+
+- Out-of-fold macro F1: {e["f1_cross_fitted"]:.4f} (thresholds `{e["final_method"]}`, cross-fitted: each fold
+  scored with thresholds fitted on the other folds); {e["f1_at_0.5"]:.4f} at 0.5; a prior-only baseline
+  scores {metrics["prior_baseline"]["f1"]:.4f}.
+- The ONNX graph reproduces the PyTorch ensemble on real training rows (checked at export, max abs
+  difference at most 1e-4).
+
+## Intended use
+
+Research on fields imaged like the Human Protein Atlas (confocal, 4 channels, the same stains). It has
+not been validated on other microscopes, stains or cell lines: check it on labelled fields of your own
+before relying on it.
 """
+
+
+def bioimageio_rdf(size: int, settings: ExportSettings, metrics: dict, sha: dict[str, str]) -> dict:
+    """The bioimage.io model description (format 0.5) of the package; `sha` holds each file's sha256."""
+    e = metrics["ensemble"]
+    return {
+        "format_version": BIOIMAGEIO_FORMAT,
+        "type": "model",
+        "name": "HPA protein localisation ensemble",
+        "description": (
+            "Multi-label classifier of 28 subcellular protein locations in 4-channel (RGBY) immunofluorescence "
+            f"fields of view, an ensemble with test-time augmentation; out-of-fold macro F1 {e['f1_cross_fitted']:.4f}"
+        ),
+        "authors": [{"name": a} for a in settings.authors],
+        "cite": [CITATION],
+        "license": settings.license,
+        "documentation": "README.md",
+        "covers": ["cover.png"],
+        "tags": [
+            "classification",
+            "fluorescence-light-microscopy",
+            "2d",
+            "human-protein-atlas",
+            "protein-localization",
+        ],
+        "inputs": [
+            {
+                "id": "rgby",
+                "description": "uint8 RGBY field of view resized to the model's size (preprocessing.json)",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "channel", "channel_names": list(COLORS)},
+                    {"type": "space", "id": "y", "size": size},
+                    {"type": "space", "id": "x", "size": size},
+                ],
+                "test_tensor": {"source": "test_input.npy", "sha256": sha["test_input.npy"]},
+                "data": {"type": "uint8", "range": [0, 255]},
+            }
+        ],
+        "outputs": [
+            {
+                "id": "probs",
+                "description": "per-class probability; labels: p > thresholds.json",
+                "axes": [{"type": "batch"}, {"type": "channel", "channel_names": list(CLASS_NAMES)}],
+                "test_tensor": {"source": "test_output.npy", "sha256": sha["test_output.npy"]},
+                "data": {"type": "float32", "range": [0.0, 1.0]},
+            }
+        ],
+        "weights": {"onnx": {"source": "ensemble.onnx", "sha256": sha["ensemble.onnx"], "opset_version": OPSET}},
+        "attachments": [
+            {"source": n, "sha256": sha[n]} for n in ("thresholds.json", "classes.json", "preprocessing.json")
+        ],
+    }
 
 
 def write_package(
@@ -225,8 +307,9 @@ def write_package(
     sample: np.ndarray,
     max_diff: float = 1e-4,
 ) -> float:
-    """Write the package folder (files written under temporary names, then moved in); returns the ONNX
-    vs PyTorch max abs difference on `sample` (real shard rows), which must be at most max_diff."""
+    """Write the package folder (files written under temporary names, then moved in; manifest.json last);
+    returns the ONNX vs PyTorch max abs difference on `sample` (real shard rows, uint8 (N, 4, S, S)),
+    which must be at most max_diff. The first TEST_ROWS rows become the bioimage.io test tensors."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "ensemble.onnx") as tmp:
@@ -248,6 +331,21 @@ def write_package(
             tmp.write_text(json.dumps(value, indent=1) + "\n")
     with atomic_path(out / "README.md") as tmp:
         tmp.write_text(package_readme(metrics, models, n_folds, size, settings.views))
+    # bioimage.io: test tensors (real rows and the PyTorch ensemble's output), cover, description.
+    rows = np.ascontiguousarray(sample[:TEST_ROWS])
+    with torch.no_grad():
+        expected = module.eval()(torch.as_tensor(rows)).numpy().astype(np.float32)
+    for name, value in {"test_input.npy": rows, "test_output.npy": expected}.items():
+        with atomic_path(out / name) as tmp, tmp.open("wb") as f:
+            np.save(f, value)
+    write_png(captioned_grid(list(rows.transpose(0, 2, 3, 1)), [[]] * len(rows), lines=0), out / "cover.png")
+    sha = {}
+    for name in ("ensemble.onnx", "test_input.npy", "test_output.npy", *texts):
+        with (out / name).open("rb") as f:
+            sha[name] = sha256_of(f)[0]
+    with atomic_path(out / "rdf.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(bioimageio_rdf(size, settings, metrics, sha), sort_keys=False, width=120))
+    write_manifest(out)
     return diff
 
 

@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 
 from . import h5names as h5n  # noqa: E402
 from .files import atomic_path  # noqa: E402
+from .gallery import display_rgb  # noqa: E402
 from .labels import CLASS_NAMES  # noqa: E402
 from .summary import load_predictions  # noqa: E402
 from .thresholds import f1_curve  # noqa: E402
@@ -115,9 +116,7 @@ def image_grid(ensemble_h5: str | Path, shard_files: list[str], path: str | Path
     for ax, i in zip(axes.flat, pick):
         f, row = where[p.oof_ids[i]]
         with h5py.File(f, "r") as h5:
-            rgby = h5[h5n.IMAGES][row].astype(np.float32)
-        r, g, b, y = (rgby[..., k] for k in range(4))
-        ax.imshow(np.clip(np.stack([r + y / 2, g + y / 2, b], -1) / 255, 0, 1))
+            ax.imshow(display_rgb(h5[h5n.IMAGES][row]))
         true = " ".join(map(str, np.flatnonzero(p.labels[i])))
         guess = " ".join(map(str, np.flatnonzero(pred[i])))
         shown = guess if len(guess) <= 40 else guess[:37].rsplit(" ", 1)[0] + " ..."

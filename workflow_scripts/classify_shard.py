@@ -1,0 +1,19 @@
+from hpaflow.package import Package
+from hpaflow.runlog import logged
+from hpaflow.shards import ShardSpec, write_shard
+
+with logged(snakemake.log[0]) as log:
+    p = snakemake.params
+    index = int(snakemake.wildcards.index)
+    size = Package(snakemake.input.package).image_size
+    spec = ShardSpec(
+        dataset=snakemake.wildcards.name,
+        fmt=p.format,
+        images_dir=p.images,
+        role="test",
+        image_size=size,
+        compression=p.compression,
+        bits=p.bits,
+    )
+    log.info("classify shard %d: %d fields from %s at %d px", index, len(p.ids), p.images, size)
+    write_shard(snakemake.output[0], spec, list(p.ids), None, index)

@@ -1,0 +1,149 @@
+"""The exported classifier package on disk: its manifest of checksums, and reading it back (no torch).
+
+A package is the folder `snakemake export` writes (results/export/hpa_classifier/) or its zip:
+  ensemble.onnx       uint8 RGBY (N, 4, S, S) -> probabilities (N, 28)
+  thresholds.json     {"method", "at_least_one", "thresholds": [28 floats]}
+  classes.json        {"0": "Nucleoplasm", ...}
+  preprocessing.json  channel files, uint16 rule, resize size (`resize.size` = S)
+  README.md, and the bioimage.io model description: rdf.yaml, test_input.npy, test_output.npy, cover.png
+  manifest.json       {"format": FORMAT, "files": {name: {"sha256", "bytes"}}} of every file above
+`snakemake classify` checks every file against the manifest before it predicts anything, so a
+package damaged in a copy (or edited by hand) is refused with the file named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from .files import atomic_path
+
+MANIFEST = "manifest.json"
+FORMAT = "hpa_classifier/1"
+REQUIRED = ("ensemble.onnx", "thresholds.json", "classes.json", "preprocessing.json")
+CHUNK = 1 << 20
+# What reading a damaged zip member raises: a failed CRC, a broken deflate stream, a cut file.
+DAMAGED = (zipfile.BadZipFile, zlib.error, OSError, EOFError)
+
+
+class PackageError(ValueError):
+    """A package that is missing, incomplete, or whose files do not match its manifest."""
+
+
+def sha256_of(f: IO[bytes]) -> tuple[str, int]:
+    """sha256 and size of a binary stream, read in 1 MiB chunks (an ensemble's weights reach GBs)."""
+    h, n = hashlib.sha256(), 0
+    while chunk := f.read(CHUNK):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+def write_manifest(folder: str | Path) -> dict:
+    """manifest.json over every file in `folder` (hidden files, e.g. Snakemake's marker, left out)."""
+    folder = Path(folder)
+    files = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith("."):
+            with p.open("rb") as f:
+                sha, n = sha256_of(f)
+            files[p.name] = {"sha256": sha, "bytes": n}
+    manifest = {"format": FORMAT, "files": files}
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+class Package:
+    """An exported package, folder or zip. Opening it reads the manifest; `verify` checks every file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise PackageError(f"package {self.path}: does not exist")
+        self._zip = None
+        if self.path.is_file():
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except zipfile.BadZipFile:
+                raise PackageError(f"package {self.path}: not a folder or a zip file") from None
+        if not self.has(MANIFEST):
+            inner = [n for n in self._zip.namelist() if n.endswith("/" + MANIFEST)] if self._zip else []
+            hint = f" (the zip holds {inner[0]}: zip the package's files, not its folder)" if inner else ""
+            raise PackageError(f"package {self.path}: no {MANIFEST}; not a package written by `snakemake export`{hint}")
+        try:
+            manifest = json.loads(self.read(MANIFEST))
+        except json.JSONDecodeError as e:
+            raise PackageError(f"package {self.path}: {MANIFEST} is not valid JSON ({e})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            got = manifest.get("format") if isinstance(manifest, dict) else None
+            raise PackageError(f"package {self.path}: {MANIFEST} format is {got!r}, expected {FORMAT!r}")
+        self.files: dict[str, dict] = manifest["files"]
+        if missing := [n for n in REQUIRED if n not in self.files]:
+            raise PackageError(f"package {self.path}: {MANIFEST} does not list {', '.join(missing)}")
+
+    def has(self, name: str) -> bool:
+        return name in self._zip.namelist() if self._zip else (self.path / name).is_file()
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        """A file of the package, read as a stream; a missing or damaged file is a PackageError naming it."""
+        if not self.has(name):
+            raise PackageError(f"package {self.path}: {name} is missing")
+        try:
+            with self._zip.open(name) if self._zip else (self.path / name).open("rb") as f:
+                yield f
+        except DAMAGED as e:
+            raise PackageError(f"package {self.path}: {name} cannot be read ({e})") from None
+
+    def read(self, name: str) -> bytes:
+        with self.open(name) as f:
+            return f.read()
+
+    def verify(self, names: list[str] | None = None) -> None:
+        """Every file (or `names`) against the manifest's sha256 and size; raises PackageError naming the file."""
+        for name in names or list(self.files):
+            want = self.files[name]
+            with self.open(name) as f:
+                sha, n = sha256_of(f)
+            if (sha, n) != (want["sha256"], want["bytes"]):
+                raise PackageError(
+                    f"package {self.path}: {name} does not match {MANIFEST} (sha256 {sha[:12]}..., {n} bytes; "
+                    f"listed {want['sha256'][:12]}..., {want['bytes']} bytes): changed or damaged since export"
+                )
+
+    def json(self, name: str) -> dict:
+        """A JSON file of the package, checked against the manifest first."""
+        self.verify([name])
+        return json.loads(self.read(name))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.json("preprocessing.json")["resize"]["size"])
+
+    def classes(self) -> list[str]:
+        names = self.json("classes.json")
+        return [names[str(i)] for i in range(len(names))]
+
+    def thresholds(self) -> tuple[np.ndarray, bool]:
+        """Per-class thresholds (one per class of classes.json) and the at_least_one rule."""
+        t = self.json("thresholds.json")
+        values = np.asarray(t["thresholds"], np.float64)
+        if values.shape != (len(self.classes()),):
+            raise PackageError(
+                f"package {self.path}: thresholds.json holds {values.size} thresholds for "
+                f"{len(self.classes())} classes (classes.json)"
+            )
+        return values, bool(t["at_least_one"])
+
+    def onnx_source(self) -> str | bytes:
+        """What onnxruntime opens: the file's path in a folder, its bytes in a zip."""
+        return str(self.path / "ensemble.onnx") if self._zip is None else self.read("ensemble.onnx")
