@@ -5,7 +5,7 @@
 
 Prints a table and writes results/benchmarks.json (keys include preprocess_png_ratio,
 loader_speedup_vs_png, thresholds_100k_seconds, dryrun_fullscale_seconds, dryrun_demo_seconds,
-classify_onnx_vs_torch_cpu).
+classify_onnx_vs_torch_cpu, duplicates_117k_seconds).
 """
 
 from __future__ import annotations
@@ -239,6 +239,36 @@ def bench_train_step(quick: bool) -> list[dict]:
     return json.loads(out.read_text())
 
 
+def bench_duplicates(n: int = 117_380, check: int = 5_000, threads: int = 2) -> dict:
+    """The near-duplicate search at full scale (Kaggle train + test + HPAv18 fields, 4 planes each):
+    random pHashes with planted near copies, all four planes within 12 bits; exact against brute
+    force on `check` fields that hold planted pairs."""
+    from hpaflow.duplicates import find_pairs, hamming
+
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, (n, 4), dtype=np.uint64) * np.uint64(2) + rng.integers(
+        0, 2, (n, 4), dtype=np.uint64
+    )
+    src, dst = rng.choice(n, 6000, replace=False).reshape(2, 3000)  # planted copies: up to 12 bits flipped
+    flips = rng.random((3000, 4, 64)) < rng.uniform(0, 12 / 64, (3000, 4, 1))
+    hashes[dst] = hashes[src] ^ (flips * (np.uint64(1) << np.arange(64, dtype=np.uint64))).sum(-1, dtype=np.uint64)
+    t0 = time.perf_counter()
+    i, j, _ = find_pairs(hashes, 12, [0, 1, 2, 3], threads)
+    seconds = time.perf_counter() - t0
+    sub = hashes[np.concatenate([src[: check // 2], dst[: check // 2]])]  # holds check / 2 planted pairs
+    d = hamming(sub[:, None, :], sub[None, :, :]).max(-1)
+    bi, bj = np.nonzero(np.triu(d <= 12, 1))
+    ci, cj, _ = find_pairs(sub, 12, [0, 1, 2, 3], threads)
+    exact = bool(np.array_equal(np.stack([bi, bj]), np.stack([ci, cj])))
+    return {
+        "fields": n,
+        "pairs": int(len(i)),
+        "seconds": round(seconds, 2),
+        "exact_on_subset": exact,
+        "subset_pairs": int(len(bi)),
+    }
+
+
 def onnx_batches(sess, batches: list[np.ndarray]) -> None:
     for b in batches:
         sess.run(None, {"rgby": b})
@@ -284,7 +314,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer images (under 5 minutes on 2 cores)")
     ap.add_argument("--images", type=int, help="images per preprocessing benchmark (default 24 quick, 96 full)")
     ap.add_argument(
-        "--skip", nargs="*", default=[], choices=["preprocess", "loader", "thresholds", "dryrun", "train", "classify"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["preprocess", "loader", "thresholds", "dryrun", "train", "classify", "duplicates"],
     )
     ap.add_argument("--out", default="results/benchmarks.json")
     args = ap.parse_args()
@@ -307,6 +340,9 @@ def main() -> None:
             res["dryrun_demo_seconds"] = res["dryrun"]["demo"]
         if "train" not in args.skip:
             res["train_step"] = bench_train_step(args.quick)
+        if "duplicates" not in args.skip:
+            res["duplicates"] = bench_duplicates()
+            res["duplicates_117k_seconds"] = res["duplicates"]["seconds"]
         if "classify" not in args.skip:
             res["classify"] = bench_classify(tmp, args.quick)
             res["classify_onnx_vs_torch_cpu"] = min(r["ratio"] for r in res["classify"].values())
@@ -340,6 +376,12 @@ def print_table(res: dict) -> None:
         )
     if "dryrun" in res:
         print(f"  snakemake -n: full scale {res['dryrun']['fullscale']} s, demo {res['dryrun']['demo']} s")
+    if "duplicates" in res:
+        r = res["duplicates"]
+        print(
+            f"  near-duplicate search, {r['fields']:,} fields x 4 planes: {r['seconds']} s, {r['pairs']} pairs "
+            f"(goal < 60 s); exact vs brute force on a subset: {r['exact_on_subset']}"
+        )
     for size, r in res.get("classify", {}).items():
         print(
             f"  classify resnet18 {size} px, CPU: onnxruntime {r['onnx_img_s']} img/s vs PyTorch "

@@ -83,6 +83,11 @@ def train_labels_csvs(wildcards):
     return [str(dataset_path(config, DATASETS[n], "labels")) for n in TRAIN_DATASETS]
 
 
+def folds_duplicates(wildcards):
+    """The pairs the folds keep together; none with duplicates.policy off."""
+    return [] if config["duplicates"]["policy"] == "off" else "results/duplicates.csv"
+
+
 def final_outputs(wildcards):
     """The default target: the submission only where a test dataset is configured."""
     out = ["results/metrics.json", *rules.plots.output]

@@ -19,7 +19,9 @@ rule model_summary:
 rule ensemble:
     """Ensemble, thresholds fitted out-of-fold, and every figure in metrics.json."""
     input:
-        expand("results/summary/{model}.h5", model=MODELS),
+        summaries=expand("results/summary/{model}.h5", model=MODELS),
+        duplicates="results/duplicates.csv",
+        folds="results/folds.csv",
     output:
         ensemble="results/ensemble.h5",
         metrics="results/metrics.json",
@@ -33,7 +35,7 @@ rule ensemble:
         **job_resources("ensemble"),
     params:
         models=MODELS,
-        config=config_keys("thresholds", "ensemble"),
+        config=config_keys("thresholds", "ensemble", "duplicates"),
     script:
         "../workflow_scripts/ensemble.py"
 
@@ -65,12 +67,15 @@ rule plots:
         ensemble="results/ensemble.h5",
         curves=expand("results/models/{model}/fold{fold}/metrics.csv", model=MODELS, fold=FOLDS),
         shards=train_shards,
+        duplicates="results/duplicates.csv",
+        all_shards=all_shards,
     output:
         curves=report("results/plots/training_curves.png", caption="report/curves.rst", category="Training"),
         per_class=report("results/plots/per_class_f1.png", caption="report/per_class.rst", category="Scores"),
         thresholds=report("results/plots/threshold_curves.png", caption="report/thresholds.rst", category="Scores"),
         frequency=report("results/plots/label_frequency.png", caption="report/frequency.rst", category="Scores"),
         images=report("results/plots/image_grid.png", caption="report/images.rst", category="Images"),
+        duplicates=report("results/plots/duplicate_pairs.png", caption="report/duplicates.rst", category="Images"),
         headline="results/plots/headline.rst",  # included by the report's front page (report/workflow.rst)
     log:
         "logs/plots.log",

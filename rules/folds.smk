@@ -1,7 +1,27 @@
-rule folds:
-    """Multilabel-stratified folds over all train Ids of all train datasets."""
+rule duplicates:
+    """Near-duplicate pairs among all fields (per-plane pHash from the shards), for the folds and the leak report."""
     input:
-        train_labels_csvs,
+        all_shards,
+    output:
+        "results/duplicates.csv",
+    log:
+        "logs/duplicates.log",
+    conda:
+        "../envs/data.yaml"
+    threads: job_threads("duplicates")
+    resources:
+        **job_resources("duplicates"),
+    params:
+        config=config_keys("duplicates"),
+    script:
+        "../workflow_scripts/duplicates.py"
+
+
+rule folds:
+    """Multilabel-stratified folds over all train Ids of all train datasets; near-duplicate groups kept whole."""
+    input:
+        labels=train_labels_csvs,
+        duplicates=folds_duplicates,
     output:
         "results/folds.csv",
     log:
@@ -15,5 +35,6 @@ rule folds:
         datasets=TRAIN_DATASETS,
         n_folds=config["n_folds"],
         seed=config["seed"],
+        config=config_keys("duplicates", "datasets"),
     script:
         "../workflow_scripts/folds.py"

@@ -55,5 +55,7 @@ def test_benchmark_suite_runs_at_its_smallest_size(tmp_path):
         "dryrun_fullscale_seconds",
         "dryrun_demo_seconds",
         "classify_onnx_vs_torch_cpu",
+        "duplicates_117k_seconds",
     ]:
         assert isinstance(res[key], (int, float)) and res[key] > 0, key
+    assert res["duplicates"]["exact_on_subset"] is True

@@ -56,6 +56,7 @@ def schema_defaults(node: dict) -> dict:
 def test_every_schema_default_reaches_the_stage():
     from hpaflow.demo import DemoSpec
     from hpaflow.download import FetchSettings
+    from hpaflow.duplicates import DuplicateSettings
     from hpaflow.ensemble import EnsembleSettings
     from hpaflow.export import ExportSettings
     from hpaflow.predict import PredictSettings
@@ -76,6 +77,8 @@ def test_every_schema_default_reaches_the_stage():
     assert (train.name, train.backbone, train.image_size, train.fold, train.threads) == ("m", "resnet18", 77, 1, 3)
     demo = DemoSpec.from_config(cfg)
     assert vars(demo) == {k: v for k, v in schema_defaults(schema["demo"]).items() if k != "dir"}
+    assert vars(DuplicateSettings.from_config(cfg)) == schema_defaults(schema["duplicates"])
+    assert [d["external"] for d in cfg["datasets"]] == [False, False, True, False]  # config.yaml: hpav18 only
     fetch = FetchSettings.from_config(cfg)
     download = schema_defaults(schema["download"])
     assert vars(fetch) == {
@@ -177,3 +180,13 @@ def test_home_folder_is_expanded(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     cfg = validate_config(edited(data_root="~/hpa", pretrained_dir="~/weights"), SCHEMA)
     assert cfg["data_root"] == f"{tmp_path}/hpa" and cfg["pretrained_dir"] == f"{tmp_path}/weights"
+
+
+def test_policy_off_unquoted_in_yaml_means_off():
+    """YAML 1.1 reads `policy: off` as false; the schema's choice "off" is meant."""
+    cfg = copy.deepcopy(DEMO)
+    cfg["duplicates"] = yaml.safe_load("policy: off")
+    assert cfg["duplicates"] == {"policy": False}
+    assert validate_config(cfg, SCHEMA)["duplicates"]["policy"] == "off"
+    with pytest.raises(ConfigError, match=r"duplicates\.policy: True is not one of"):
+        validate_config({**copy.deepcopy(DEMO), "duplicates": {"policy": True}}, SCHEMA)

@@ -64,11 +64,26 @@ def test_label_independent_channels_and_green_signal():
 
 
 def test_make_demo_layout_and_determinism(tmp_path):
-    spec = DemoSpec(seed=1, n_train=6, n_test=3, n_tiff=2, n_jpg=2, size=64, tiff_size=96, jpg_size=80, prior_power=1.0)
+    spec = DemoSpec(
+        seed=1,
+        n_train=6,
+        n_test=3,
+        n_tiff=2,
+        n_jpg=2,
+        size=64,
+        tiff_size=96,
+        jpg_size=80,
+        prior_power=1.0,
+        dup_external=1,
+        dup_conflicts=0,
+        dup_test=1,
+        antibody_fields=1,
+    )
     t1 = make_demo(tmp_path / "a", spec)
     make_demo(tmp_path / "b", spec)
     a, b = tmp_path / "a", tmp_path / "b"
-    for name in ["train.csv", "train_tiff.csv", "hpav18.csv", "sample_submission.csv", "test_labels.csv"]:
+    names = ["train.csv", "train_tiff.csv", "hpav18.csv", "sample_submission.csv", "test_labels.csv"]
+    for name in [*names, "duplicates_truth.csv"]:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     train = pd.read_csv(a / "train.csv")
     assert list(train.columns) == ["Id", "Target"] and len(train) == 6

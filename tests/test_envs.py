@@ -90,8 +90,12 @@ OPTIONAL = {
     "rich": "scikit-learn's progress bar callback",
     "imagecodecs": "tifffile, to decode compressed (LZW, deflate, ...) TIFFs",
 }
-# Optional modules a script's work does need: only the shard jobs decode TIFFs.
-SCRIPT_NEEDS = {"workflow_scripts/shard.py": ["imagecodecs"], "workflow_scripts/classify_shard.py": ["imagecodecs"]}
+# Modules a script's work needs beyond its imports: the shard jobs decode TIFFs and hash planes.
+SCRIPT_NEEDS = {
+    "workflow_scripts/shard.py": ["imagecodecs", "hpaflow.hashing"],
+    "workflow_scripts/classify_shard.py": ["imagecodecs", "hpaflow.hashing"],
+    "workflow_scripts/duplicates.py": ["hpaflow.hashing"],  # hashes of shards written before they were stored
+}
 # Distributions a script needs as programs, not imports.
 PROGRAMS = {"workflow_scripts/download_kaggle.py": ["kaggle"]}
 # Where a conda dependency (outside the pip section) has another name on PyPI.

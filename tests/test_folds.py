@@ -64,7 +64,8 @@ def table(ids, seed=0):
 def test_table_spans_datasets():
     a, b = table([f"a{i}" for i in range(30)]), table([f"b{i}" for i in range(20)], 1)
     df = folds_table({"a": a, "b": b}, 3, 5)
-    assert list(df.columns) == ["Id", "dataset", "fold"]
+    assert list(df.columns) == ["Id", "dataset", "fold", "group"]
+    assert df["group"].tolist() == list(range(50))  # without duplicates every row is its own group
     assert df.index.tolist() == list(range(50))  # one fresh row index, not each dataset's own
     assert df["Id"].tolist() == list(a.ids + b.ids)
     assert df["dataset"].tolist() == ["a"] * 30 + ["b"] * 20

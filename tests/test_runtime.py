@@ -40,3 +40,20 @@ def test_use_threads_gives_torch_the_threads_and_returns_the_loader_workers():
         assert use_threads(0) == 0 and torch.get_num_threads() == 1  # at least one thread
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "n,train,sizes",
+    [
+        (9, True, [4, 4]),  # a last batch of one cannot train BatchNorm: left out
+        (10, True, [4, 4, 2]),
+        (9, False, [4, 4, 1]),  # scoring keeps every image
+        (1, True, [1]),  # one image is all there is
+    ],
+)
+def test_training_batches_never_end_with_a_single_image(n, train, sizes):
+    from hpaflow.train import loader
+
+    assert [len(b) for b in loader(list(range(n)), 4, 0, train=train)] == sizes
+    sampler = torch.utils.data.SequentialSampler(range(n))
+    assert [len(b) for b in loader(list(range(n)), 4, 0, sampler, train=train)] == sizes

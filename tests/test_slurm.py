@@ -96,7 +96,7 @@ def test_dry_run_with_the_users_profile(workflow_dir):
 
 # Job sizes for the 2-CPU test node; GPU rules keep gpu: 1 from the schema's defaults.
 SMALL = {"threads": 1, "mem_mb": 1000, "runtime": 30}
-CPU_RULES = ("demo_data", "shard", "folds", "model_summary", "ensemble", "submission", "plots")
+CPU_RULES = ("demo_data", "shard", "duplicates", "folds", "model_summary", "ensemble", "submission", "plots")
 SLURM_CONFIG = {
     **TINY,
     "resources": {rule: SMALL for rule in CPU_RULES}

@@ -191,10 +191,33 @@ def test_submission_and_metrics(e2e):
     truth = train_truth(e2e)
     y = encode([parse_target(t, "") for t in truth["Target"]])
     assert np.isclose(metrics["prior_baseline"]["f1"], y.mean(0).mean(), atol=1e-4)  # 2pq/(p+q) = q when p = q
+    # The leak report: the demo plants near-duplicates (data/demo/duplicates_truth.csv); policy group keeps
+    # every pair in one fold.
+    planted = pd.read_csv(e2e / "data/demo/duplicates_truth.csv")
+    pairs = pd.read_csv(e2e / "results/duplicates.csv", dtype={"id_a": str, "id_b": str})
+    found = set(zip(pairs["id_a"], pairs["id_b"]))
+    assert set(zip(planted["id_a"], planted["id_b"])) <= found
+    leaks = metrics["duplicates"]
+    assert leaks["policy"] == "group" and leaks["pairs_split_across_folds"] == 0
+    assert (
+        leaks["train_train_pairs"] == (pairs["kind"] == "train-train").sum() >= (planted["kind"] == "train-train").sum()
+    )
+    assert leaks["train_test_pairs"] == (pairs["kind"] == "train-test").sum() >= (planted["kind"] == "train-test").sum()
+    assert leaks["label_conflicts"] == planted["label_changed"].sum()
+    folds = pd.read_csv(e2e / "results/folds.csv", dtype={"Id": str})
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+    assert metrics["folds"]["class_spread_max"] == max(metrics["folds"]["class_spread"].values())
 
 
 def test_report(e2e):
-    for name in ["training_curves", "per_class_f1", "threshold_curves", "label_frequency", "image_grid"]:
+    for name in [
+        "training_curves",
+        "per_class_f1",
+        "threshold_curves",
+        "label_frequency",
+        "image_grid",
+        "duplicate_pairs",
+    ]:
         assert (e2e / f"results/plots/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run_snakemake(e2e, "--report", "results/report.html")
     html = (e2e / "results/report.html").read_text()

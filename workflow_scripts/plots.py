@@ -10,4 +10,6 @@ with logged(snakemake.log[0]):
         dict(zip(keys, snakemake.input.curves)),
         list(snakemake.input.shards),
         dict(snakemake.output.items()),
+        snakemake.input.duplicates,
+        list(snakemake.input.all_shards),
     )

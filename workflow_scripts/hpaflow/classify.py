@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import h5names as h5n
 from .files import atomic_path
-from .gallery import captioned_grid, write_png
+from .gallery import captioned_grid, shard_images, write_png
 from .labels import decode
 from .package import Package, PackageError
 from .progress import Progress
@@ -100,15 +100,6 @@ def run_classify(shards: list[str], package_path: str | Path, out_csv: str | Pat
 def gallery(predictions_csv: str | Path, shards: list[str], out_png: str | Path, n: int = GALLERY_FIELDS) -> None:
     """The first n fields (Id order) with their predicted labels."""
     table = pd.read_csv(predictions_csv, dtype=str, keep_default_na=False, usecols=["Id", "Labels"]).head(n)
-    where = {}
-    for f in shards:
-        with h5py.File(f, "r") as h5:
-            for row, i in enumerate(h5[h5n.IDS].asstr()[...]):
-                where.setdefault(i, (f, row))
-    images = []
-    for i in table.Id:
-        f, row = where[i]
-        with h5py.File(f, "r") as h5:
-            images.append(h5[h5n.IMAGES][row])
+    images = shard_images(shards, list(table.Id))
     captions = [[i, *labels.split("; ")] if labels else [i] for i, labels in zip(table.Id, table.Labels)]
     write_png(captioned_grid(images, captions, lines=5), out_png)

@@ -75,13 +75,16 @@ def _types(schema: dict, root: dict) -> tuple[dict, set[str]]:
 
 def coerce_strings(value, schema: dict, root: dict):
     """Snakemake's --config reads nested values as strings (`--config 'classify={bits: 12}'` gives '12'):
-    where the schema takes no string, a string that spells an integer, number, boolean or null becomes one."""
+    where the schema takes no string, a string that spells an integer, number, boolean or null becomes one.
+    And YAML files read `off` as false: where the schema's choices include "off", false becomes "off"."""
     schema, types = _types(schema, root)
     if isinstance(value, dict):
         props = schema.get("properties", {})
         return {k: coerce_strings(v, props[k], root) if k in props else v for k, v in value.items()}
     if isinstance(value, list) and "items" in schema:
         return [coerce_strings(v, schema["items"], root) for v in value]
+    if isinstance(value, bool) and ("on" if value else "off") in schema.get("enum", []):
+        return "on" if value else "off"  # YAML 1.1 reads an unquoted `policy: off` as false
     if not isinstance(value, str) or "enum" in schema:
         return value
     if "null" in types and value in ("null", "~"):

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import h5names as h5n
+from .duplicates import class_spread
 from .files import atomic_path
 from .labels import CLASS_NAMES
 from .metrics import macro_f1
@@ -102,9 +103,15 @@ def combine_models(
 
 
 def run_ensemble(
-    model_files: dict[str, str], settings: EnsembleSettings, out_h5: str, out_json: str, out_thresholds: str
+    model_files: dict[str, str],
+    settings: EnsembleSettings,
+    out_h5: str,
+    out_json: str,
+    out_thresholds: str,
+    leaks: dict | None = None,
 ) -> dict:
-    """metrics.json for every model and the ensemble; the ensemble's probabilities and thresholds."""
+    """metrics.json for every model and the ensemble; the ensemble's probabilities and thresholds.
+    `leaks` (duplicates.leak_report) goes in as `duplicates`."""
     final, methods = settings.final, settings.methods
     models = {name: load_predictions(f) for name, f in model_files.items()}
     first = next(iter(models.values()))
@@ -119,6 +126,10 @@ def run_ensemble(
         },
         "models": {},
     }
+    spread = class_spread(first.labels, first.folds, int(first.folds.max()) + 1)
+    metrics["folds"] = {"class_spread_max": int(spread.max()), "class_spread": dict(zip(CLASS_NAMES, spread.tolist()))}
+    if leaks is not None:
+        metrics["duplicates"] = leaks
     for name, m in models.items():
         metrics["models"][name], _ = score(m, methods, final, prior)
         log.info(

@@ -6,9 +6,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 
+from . import h5names as h5n
 from .files import atomic_path
+
+
+def shard_images(shard_files: Sequence[str | Path], ids: Sequence[str]) -> list[np.ndarray]:
+    """The uint8 RGBY image of each Id (its first row, for a tiled image) from the shards."""
+    where = {}
+    for f in shard_files:
+        with h5py.File(f, "r") as h5:
+            for row, i in enumerate(h5[h5n.IDS].asstr()[...]):
+                where.setdefault(i, (f, row))
+    out = []
+    for i in ids:
+        f, row = where[i]
+        with h5py.File(f, "r") as h5:
+            out.append(h5[h5n.IMAGES][row])
+    return out
 
 
 def display_rgb(rgby: np.ndarray) -> np.ndarray:

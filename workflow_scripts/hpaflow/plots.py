@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 
 from . import h5names as h5n  # noqa: E402
 from .files import atomic_path  # noqa: E402
-from .gallery import display_rgb  # noqa: E402
+from .gallery import display_rgb, shard_images  # noqa: E402
 from .labels import CLASS_NAMES  # noqa: E402
 from .summary import load_predictions  # noqa: E402
 from .thresholds import f1_curve  # noqa: E402
@@ -102,21 +102,15 @@ def image_grid(ensemble_h5: str | Path, shard_files: list[str], path: str | Path
     p = load_predictions(ensemble_h5)
     with h5py.File(ensemble_h5, "r") as h5:
         pred = h5[h5n.OOF_PRED_CROSS_FITTED][...]
-    where = {}
-    for f in shard_files:
-        with h5py.File(f, "r") as h5:
-            for row, i in enumerate(h5[h5n.IDS].asstr()[...]):
-                where.setdefault(i, (f, row))
     pick = np.random.default_rng(seed).choice(len(p.oof_ids), min(n, len(p.oof_ids)), replace=False)
+    images = shard_images(shard_files, [p.oof_ids[i] for i in pick])
     cols = 4
     rows = int(np.ceil(len(pick) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, pick):
-        f, row = where[p.oof_ids[i]]
-        with h5py.File(f, "r") as h5:
-            ax.imshow(display_rgb(h5[h5n.IMAGES][row]))
+    for ax, i, rgby in zip(axes.flat, pick, images):
+        ax.imshow(display_rgb(rgby))
         true = " ".join(map(str, np.flatnonzero(p.labels[i])))
         guess = " ".join(map(str, np.flatnonzero(pred[i])))
         shown = guess if len(guess) <= 40 else guess[:37].rsplit(" ", 1)[0] + " ..."
@@ -145,10 +139,60 @@ def headline_table(metrics: dict) -> str:
     for row in [header, *rows]:
         cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
         lines += [f"   * - {cells[0] or ' '}"] + [f"     - {c or ' '}" for c in cells[1:]]
+    if d := metrics.get("duplicates"):
+        lines += [
+            "",
+            f"Near-duplicates (pHash within {d['max_distance']} bits on {', '.join(d['channels'])}; policy "
+            f"{d['policy']}): {d['train_train_pairs']} train-train pairs in {d['train_train_groups']} groups, "
+            f"{d['train_test_pairs']} train-test pairs, {d['label_conflicts']} label conflicts; "
+            f"{d['pairs_split_across_folds']} pairs split across folds, "
+            f"{d['dropped_external']} external fields left out.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def all_figures(metrics_json: str, ensemble_h5: str, metrics_csvs: dict, shard_files: list[str], out: dict) -> None:
+def duplicate_pairs(duplicates_csv: str | Path, shard_files: list[str], path: str | Path, n: int = 6) -> None:
+    """A few near-duplicate pairs side by side: label conflicts first, then train-test, then the closest."""
+    pairs = pd.read_csv(duplicates_csv, dtype={"id_a": str, "id_b": str})
+    if len(pairs) == 0:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no near-duplicate pairs", ha="center", va="center")
+        _save(fig, path)
+        return
+    pairs["total"] = pairs[[c for c in pairs if c.startswith("d_")]].sum(1)
+    pairs["order"] = np.where(pairs["labels_agree"] == False, 0, np.where(pairs["kind"] == "train-test", 1, 2))  # noqa: E712
+    show = pairs.sort_values(["order", "total"], kind="stable").head(n)
+    images = shard_images(shard_files, [*show["id_a"], *show["id_b"]])
+    fig, axes = plt.subplots(len(show), 2, figsize=(6, 3.2 * len(show)), squeeze=False)
+    for k, ((ax_a, ax_b), (_, r)) in enumerate(zip(axes, show.iterrows())):
+        for ax, side, rgby in ((ax_a, "a", images[k]), (ax_b, "b", images[len(show) + k])):
+            ax.imshow(display_rgb(rgby))
+            ax.axis("off")
+            ax.set_title(f"{r[f'dataset_{side}']}\n{r[f'id_{side}'][:24]}", fontsize=7)
+        conflict = r["labels_agree"] == False  # noqa: E712
+        note = "labels differ" if conflict else ("train-test" if r["kind"] == "train-test" else "labels agree")
+        ax_a.text(
+            1.05,
+            -0.08,
+            f"{note}; pHash bits r/g/b/y {r.d_red}/{r.d_green}/{r.d_blue}/{r.d_yellow}",
+            transform=ax_a.transAxes,
+            ha="center",
+            fontsize=8,
+            color="red" if conflict else "black",
+        )
+    _save(fig, path)
+
+
+def all_figures(
+    metrics_json: str,
+    ensemble_h5: str,
+    metrics_csvs: dict,
+    shard_files: list[str],
+    out: dict,
+    duplicates_csv: str,
+    all_shard_files: list[str],
+) -> None:
     metrics = json.loads(Path(metrics_json).read_text())
     with atomic_path(out["headline"]) as tmp:
         tmp.write_text(headline_table(metrics))
@@ -157,3 +201,4 @@ def all_figures(metrics_json: str, ensemble_h5: str, metrics_csvs: dict, shard_f
     threshold_curves(ensemble_h5, out["thresholds"])
     label_frequency(metrics, out["frequency"])
     image_grid(ensemble_h5, shard_files, out["images"])
+    duplicate_pairs(duplicates_csv, all_shard_files, out["duplicates"])

@@ -4,6 +4,8 @@ A shard `results/shards/{dataset}/{index}.h5` holds, for rows i = 0..N-1:
   images      uint8 (N, H, W, 4), RGBY, one row per chunk (random access reads one chunk)
   ids         str (N,)         the source image's Id (repeated for its tiles)
   tile_origin int32 (N, 2)     (y, x) of the row's top-left corner in the resized image
+  hashes      uint64 (N, 4)    pHash of each plane of the resized image (hashing.phash; a tile
+                               carries its image's), for the near-duplicate search
   labels      uint8 (N, 28)    train datasets only
 and attributes channel_order, image_size, tile_size, tiling, source_format, dataset, role, and
 content_digest: a sha256 of images, ids, tile_origin and labels, which training compares to decide
@@ -22,6 +24,7 @@ import h5py
 import numpy as np
 
 from . import h5names as h5n
+from .duplicates import Fields
 from .files import atomic_path
 from .io import ImageError, Uint16Scaling, read_rgby
 from .labels import NUM_CLASSES
@@ -77,6 +80,8 @@ def write_shard(
     Every Id is checked; if any fails, the job raises one error listing them all and
     no shard file is left behind.
     """
+    from .hashing import phash_rgby  # scipy and Pillow: jobs that write shards need them, readers do not
+
     if spec.role == "train" and labels is None:
         raise ValueError(f"dataset {spec.dataset}: train shards need labels")
     n_rows = len(ids) * spec.tiles_per_image
@@ -89,6 +94,7 @@ def write_shard(
                 h5n.IMAGES, (n_rows, s, s, 4), np.uint8, chunks=(1, s, s, 4), **COMPRESSIONS[spec.compression]
             )
             origin = np.zeros((n_rows, 2), np.int32)
+            hashes = np.zeros((n_rows, 4), np.uint64)
             # Rows go to HDF5 in blocks: one write call per image costs more than the copy.
             block = np.empty((WRITE_BLOCK * spec.tiles_per_image, s, s, 4), np.uint8)
             row = filled = 0
@@ -98,6 +104,7 @@ def write_shard(
                 try:
                     rgby = read_rgby(spec.images_dir, image_id, spec.fmt, spec.image_size, scaling)
                     tiles, origins = cut_tiles(rgby, spec)
+                    hashes[row : row + len(tiles)] = phash_rgby(rgby)
                 except ImageError as e:
                     errors.append(str(e))
                     row += spec.tiles_per_image
@@ -131,6 +138,7 @@ def write_shard(
             row_labels = None if labels is None else np.repeat(labels.astype(np.uint8), repeat, axis=0)
             h5.create_dataset(h5n.IDS, data=row_ids, dtype=h5py.string_dtype())
             h5.create_dataset(h5n.TILE_ORIGIN, data=origin)
+            h5.create_dataset(h5n.HASHES, data=hashes)
             if row_labels is not None:
                 h5.create_dataset(h5n.LABELS, data=row_labels)
             h5.attrs.update(
@@ -170,6 +178,50 @@ def shard_digest(path: str | Path) -> str:
             digest.update(np.ascontiguousarray(images[start : start + WRITE_BLOCK]).data)
         labels = h5[h5n.LABELS][...] if h5n.LABELS in h5 else None
         return finish_digest(digest, h5[h5n.IDS].asstr()[...], h5[h5n.TILE_ORIGIN][...], labels)
+
+
+def shard_hashes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and (N, 4) pHashes of a shard's rows: stored, or (a shard written before hashes existed)
+    computed from its images, so that old shards need not be rewritten."""
+    from .hashing import phash_rgby  # as in write_shard
+
+    with h5py.File(path, "r") as h5:
+        ids = h5[h5n.IDS].asstr()[...]
+        if h5n.HASHES in h5:
+            return ids, h5[h5n.HASHES][...]
+        images = h5[h5n.IMAGES]
+        if h5.attrs.get("tiling", "none") != "none":
+            raise ValueError(f"{path}: a tiled shard without hashes; rewrite it (delete it and rerun)")
+        return ids, np.stack([phash_rgby(images[i]) for i in range(len(images))]) if len(images) else np.zeros(
+            (0, 4), np.uint64
+        )
+
+
+def read_fields(files: list[str]) -> Fields:
+    """One row per field of view of the shards (a tiled image once): Id, dataset, train or test,
+    pHashes and labels, for the near-duplicate search."""
+    parts = []
+    for f in files:
+        ids, hashes = shard_hashes(f)
+        with h5py.File(f, "r") as h5:
+            labels = h5[h5n.LABELS][...] if h5n.LABELS in h5 else np.zeros((len(ids), NUM_CLASSES), np.uint8)
+            dataset, train = str(h5.attrs["dataset"]), h5.attrs["role"] == "train"
+        first = np.unique(ids, return_index=True)[1]
+        first.sort()
+        parts.append(
+            (ids[first], np.full(len(first), dataset, object), np.full(len(first), train), hashes[first], labels[first])
+        )
+    empty = (
+        np.zeros(0, str),
+        np.zeros(0, str),
+        np.zeros(0, bool),
+        np.zeros((0, 4), np.uint64),
+        np.zeros((0, NUM_CLASSES)),
+    )
+    cat = [np.concatenate([p[k] for p in parts]) if parts else empty[k] for k in range(5)]
+    return Fields(
+        cat[0].astype(str), cat[1].astype(str), cat[2].astype(bool), cat[3].astype(np.uint64), cat[4].astype(np.uint8)
+    )
 
 
 @dataclass

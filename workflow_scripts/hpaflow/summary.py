@@ -43,6 +43,7 @@ def _str(ds) -> np.ndarray:
 def assemble_model(fold_files: list[str], folds_csv: str) -> Predictions:
     """Out-of-fold rows in folds-table order; test probabilities averaged over the folds' models."""
     table = pd.read_csv(folds_csv, dtype={"Id": str})
+    table = table[table["fold"] >= 0]  # fold -1: left out (duplicates.policy drop_external)
     oof, test_ids, test_probs = {}, None, []
     for f in fold_files:
         with h5py.File(f, "r") as h5:

@@ -102,11 +102,16 @@ def _labels_by_id(rows: ShardRows) -> bytes:
     return np.ascontiguousarray(rows.labels[np.argsort(rows.ids, kind="stable")]).tobytes()
 
 
+def trained_on(fold: np.ndarray, k: int) -> np.ndarray:
+    """Rows fold k's model trains on: the other folds' (fold -1: left out everywhere)."""
+    return (fold != k) & (fold >= 0)
+
+
 def job_fingerprint(cfg: TrainConfig, rows: ShardRows, fold: np.ndarray, shard_files: list[str]) -> dict[str, str]:
     """Everything a checkpoint must match to be resumed, part by part, so a mismatch can say what changed."""
     return {
         "model settings": _sha(json.dumps(cfg.settings(), sort_keys=True).encode()),
-        "training Ids": _sha(_sorted_ids(rows.subset(fold != cfg.fold))),
+        "training Ids": _sha(_sorted_ids(rows.subset(trained_on(fold, cfg.fold)))),
         "validation Ids": _sha(_sorted_ids(rows.subset(fold == cfg.fold))),
         "labels": _sha(_labels_by_id(rows)),
         "shard contents": _sha(*(shard_digest(f).encode() for f in shard_files)),
@@ -171,7 +176,8 @@ def save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def loader(ds: ShardDataset, batch_size: int, workers: int, sampler=None) -> DataLoader:
+def loader(ds: ShardDataset, batch_size: int, workers: int, sampler=None, train: bool = False) -> DataLoader:
+    n = len(sampler) if sampler is not None else len(ds)
     return DataLoader(
         ds,
         batch_size=batch_size,
@@ -179,7 +185,8 @@ def loader(ds: ShardDataset, batch_size: int, workers: int, sampler=None) -> Dat
         shuffle=False,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
-        drop_last=False,
+        # BatchNorm cannot train on a batch of one: such a last batch is left out (another image each epoch).
+        drop_last=train and n > batch_size and n % batch_size == 1,
     )
 
 
@@ -241,10 +248,11 @@ class Training:
 def split_rows(
     cfg: TrainConfig, shard_files: list[str], folds_csv: str
 ) -> tuple[ShardRows, np.ndarray, ShardRows, ShardRows]:
-    """All rows, their folds, and the job's training (other folds) and validation (cfg.fold) rows."""
+    """All rows, their folds, and the job's training (other folds) and validation (cfg.fold) rows; rows
+    of fold -1 (left out by duplicates.policy drop_external) are in neither."""
     rows = ShardRows.from_files(shard_files)
     fold = fold_of(rows, folds_csv)
-    train_rows, val_rows = rows.subset(fold != cfg.fold), rows.subset(fold == cfg.fold)
+    train_rows, val_rows = rows.subset(trained_on(fold, cfg.fold)), rows.subset(fold == cfg.fold)
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError(f"fold {cfg.fold}: {len(train_rows)} train and {len(val_rows)} validation samples")
     return rows, fold, train_rows, val_rows
@@ -268,7 +276,7 @@ def train_epoch(
     """One pass over the training rows; returns the mean loss and images per second."""
     t.model.train()
     ds.set_epoch(epoch)
-    dl = loader(ds, cfg.batch_size, workers, make_sampler(cfg.sampler, labels, cfg.seed, epoch))
+    dl = loader(ds, cfg.batch_size, workers, make_sampler(cfg.sampler, labels, cfg.seed, epoch), train=True)
     progress = Progress(len(ds), f"epoch {epoch + 1}/{cfg.epochs}", "img", log=log)
     t0, total_loss, seen = time.monotonic(), 0.0, 0
     loss_fn = LOSSES[cfg.loss]

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -32,6 +33,10 @@ class DemoSpec:
     tiff_size: int
     jpg_size: int
     prior_power: float
+    dup_external: int
+    dup_conflicts: int
+    dup_test: int
+    antibody_fields: int
 
     @classmethod
     def from_config(cls, config: dict) -> DemoSpec:
@@ -47,32 +52,80 @@ SPLITS = {
 }
 
 
+def planted(spec: DemoSpec, split: str) -> dict[int, int]:
+    """Field k of `split` -> the train field it copies: the first dup_external HPAv18 fields copy train
+    fields 0, 1, ...; the first dup_test test fields the last train fields (as many as the sizes allow)."""
+    n_ext = min(spec.dup_external, spec.n_jpg, spec.n_train // 2)
+    if split == "hpav18":
+        return {k: k for k in range(n_ext)}
+    if split == "test":
+        return {k: spec.n_train - 1 - k for k in range(min(spec.dup_test, spec.n_test, spec.n_train - n_ext))}
+    return {}
+
+
+def shifted_copy(rgby: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
+    """A field as another acquisition stored it: resized to `side` and shifted by up to 1% of it (1 px at least)."""
+    out = cv2.resize(rgby, (side, side), interpolation=cv2.INTER_LINEAR)
+    reach = max(1, round(side * 0.01))
+    dy, dx = (int(v) for v in rng.integers(-reach, reach + 1, 2))
+    shift = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(out, shift, (side, side), borderMode=cv2.BORDER_REFLECT)
+
+
 def make_demo(out_dir: str | Path, spec: DemoSpec) -> dict[str, pd.DataFrame]:
     """Write the demo set under out_dir; returns the label table of each split.
 
     Layout: train/, test/ (Kaggle PNGs), train.csv, sample_submission.csv, test_labels.csv
     (the hidden truth, never read by the workflow), train_tiff/ + train_tiff.csv (full-size
-    style TIFFs, alternately uint16 and uint8), hpav18/ + hpav18.csv (HPAv18-style RGB JPEGs).
-    Csvs are written last and atomically: they mark a complete set.
+    style TIFFs, alternately uint16 and uint8), hpav18/ + hpav18.csv (HPAv18-style RGB JPEGs;
+    `antibody_fields` fields per antibody share its Id prefix and label set), and
+    duplicates_truth.csv: the planted near-duplicates (`planted`), HPAv18 fields that are shifted,
+    resized, re-encoded copies of train fields (the first dup_conflicts with another label set)
+    and test fields copied from train fields. Csvs are written last and atomically: they mark a
+    complete set.
     """
     out = Path(out_dir)
-    tables = {}
+    tables, train_sets, truth = {}, [], []
     for split_no, (split, (sub, make_id, fmt, side_attr, n_attr)) in enumerate(SPLITS.items()):
         n, side = getattr(spec, n_attr), getattr(spec, side_attr)
         d = out / sub
         d.mkdir(parents=True, exist_ok=True)
         label_rng = np.random.default_rng([spec.seed, split_no, 0])
         label_sets = sample_label_sets(n, label_rng, spec.prior_power)
+        copies = planted(spec, split)
         ids, seen = [], set()
         while len(ids) < n:
-            i = make_id(label_rng)
+            if split == "hpav18":  # a planted copy: its own antibody; the rest `antibody_fields` per antibody
+                k = len(ids)
+                group = k if k in copies else len(copies) + (k - len(copies)) // spec.antibody_fields
+                i = make_id(label_rng, antibody=1000 + 7 * group)
+            else:
+                i = make_id(label_rng)
             if i not in seen:
                 seen.add(i)
                 ids.append(i)
+        if split == "hpav18":
+            for k in range(len(copies), n):  # an antibody's fields show one protein: one label set
+                label_sets[k] = label_sets[
+                    len(copies) + (k - len(copies)) // spec.antibody_fields * spec.antibody_fields
+                ]
+        for k, src in copies.items():
+            changed = split == "hpav18" and k < spec.dup_conflicts
+            label_sets[k] = train_sets[src]
+            while changed and list(label_sets[k]) == train_sets[src]:
+                label_sets[k] = sample_label_sets(1, label_rng, spec.prior_power)[0]
+            kind = "train-test" if split == "test" else "train-train"
+            truth.append((tables["train"]["Id"][src], "train", ids[k], split, kind, changed))
         progress = Progress(n, f"demo {split}", "images", log=log)
         for k, (image_id, labels) in enumerate(zip(ids, label_sets)):
             # One generator per image: the set is the same whatever order images are made in.
-            rgby = render(labels, side, np.random.default_rng([spec.seed, split_no, 1, k]))
+            rng = np.random.default_rng([spec.seed, split_no, 1, k])
+            if k in copies:
+                src_rng = np.random.default_rng([spec.seed, 0, 1, copies[k]])
+                rgby = render(train_sets[copies[k]], spec.size, src_rng)
+                rgby = rgby if split == "test" else shifted_copy(rgby, side, rng)
+            else:
+                rgby = render(labels, side, rng)
             if fmt == "png":
                 write_png(d, image_id, rgby)
             elif fmt == "tiff":
@@ -81,11 +134,17 @@ def make_demo(out_dir: str | Path, spec: DemoSpec) -> dict[str, pd.DataFrame]:
                 write_hpav18_jpeg(d, image_id, rgby)
             progress.update()
         tables[split] = pd.DataFrame({"Id": ids, "Target": decode(encode(label_sets))})
+        if split == "train":
+            train_sets = [list(t) for t in label_sets]
+    tables["duplicates_truth"] = pd.DataFrame(
+        truth, columns=["id_a", "split_a", "id_b", "split_b", "kind", "label_changed"]
+    )
     for name, df in [
         ("train.csv", tables["train"]),
         ("train_tiff.csv", tables["train_tiff"]),
         ("hpav18.csv", tables["hpav18"]),
         ("test_labels.csv", tables["test"]),
+        ("duplicates_truth.csv", tables["duplicates_truth"]),
         ("sample_submission.csv", tables["test"].assign(Target="0").rename(columns={"Target": "Predicted"})),
     ]:
         with atomic_path(out / name) as tmp:

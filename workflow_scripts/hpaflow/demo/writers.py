@@ -17,10 +17,11 @@ def kaggle_id(rng: np.random.Generator) -> str:
     return f"{h[:8]}-{h[8:12]}-11e8-{h[12:16]}-{h[16:28]}"
 
 
-def hpav18_id(rng: np.random.Generator) -> str:
-    """An Id shaped like HPAv18's `{antibody}_{plate}_{well}_{field}`."""
+def hpav18_id(rng: np.random.Generator, antibody: int | None = None) -> str:
+    """An Id shaped like HPAv18's `{antibody}_{plate}_{well}_{field}` (a random antibody unless given)."""
     well = f"{'ABCDEFGH'[rng.integers(8)]}{rng.integers(1, 13)}"
-    return f"{rng.integers(1, 60000)}_{rng.integers(1, 2000)}_{well}_{rng.integers(1, 5)}"
+    ab = rng.integers(1, 60000) if antibody is None else antibody
+    return f"{ab}_{rng.integers(1, 2000)}_{well}_{rng.integers(1, 5)}"
 
 
 def write_png(out_dir: Path, image_id: str, rgby: np.ndarray) -> None:
