@@ -83,9 +83,26 @@ def train_labels_csvs(wildcards):
     return [str(dataset_path(config, DATASETS[n], "labels")) for n in TRAIN_DATASETS]
 
 
-def folds_duplicates(wildcards):
-    """The pairs the folds keep together; none with duplicates.policy off."""
-    return [] if config["duplicates"]["policy"] == "off" else "results/duplicates.csv"
+def shard_dataset_keys(name):
+    """A dataset's keys that decide its shards (`external` only matters to the folds: changing it
+    must not rewrite shards)."""
+    return {k: v for k, v in config["datasets"][DATASETS[name]].items() if k != "external"}
+
+
+def folds_shards(wildcards):
+    """The train shards whose stored pHashes give the groups; none with duplicates.policy off, so
+    folds never wait for (or rerun after) the shards."""
+    return [] if config["duplicates"]["policy"] == "off" else train_shards(wildcards)
+
+
+def folds_settings():
+    """What decides the folds beyond the labels: with policy off only the policy, so that the search
+    settings (which then only feed the report) do not rerun the folds and every model after them."""
+    d = config["duplicates"]
+    if d["policy"] == "off":
+        return {"policy": "off"}
+    external = [x["name"] for x in config["datasets"] if x["role"] == "train" and x["external"]]
+    return {**d, "external": external if d["policy"] == "drop_external" else []}
 
 
 def final_outputs(wildcards):

@@ -12,6 +12,7 @@ rule demo_data:
                 "hpav18.csv",
                 "sample_submission.csv",
                 "test_labels.csv",
+                "duplicates_truth.csv",
             ],
         ),
     log:

@@ -21,7 +21,7 @@ rule folds:
     """Multilabel-stratified folds over all train Ids of all train datasets; near-duplicate groups kept whole."""
     input:
         labels=train_labels_csvs,
-        duplicates=folds_duplicates,
+        shards=folds_shards,
     output:
         "results/folds.csv",
     log:
@@ -35,6 +35,6 @@ rule folds:
         datasets=TRAIN_DATASETS,
         n_folds=config["n_folds"],
         seed=config["seed"],
-        config=config_keys("duplicates", "datasets"),
+        duplicates=folds_settings(),
     script:
         "../workflow_scripts/folds.py"

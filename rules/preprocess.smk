@@ -12,7 +12,7 @@ rule shard:
     resources:
         **job_resources("shard"),
     params:
-        dataset=lambda wc: config["datasets"][DATASETS[wc.dataset]],
+        dataset=lambda wc: shard_dataset_keys(wc.dataset),
         images=lambda wc: str(dataset_path(config, DATASETS[wc.dataset], "images")),
         image_size=config["image_size"],
         tiling=config["tiling"],

@@ -6,6 +6,7 @@ with the bad file or key named and no predictions.csv."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import zipfile
@@ -448,6 +449,13 @@ def test_snakemake_classify_writes_predictions_and_gallery(tiny, tmp_path):
     assert table.Predicted.tolist() == [" ".join(map(str, np.flatnonzero(p))) for p in pred]
     gallery = cv2.imread(str(out / "gallery.png"))
     assert gallery is not None and gallery.shape == (256 + 6 + 5 * 16, 3 * 256, 3)
+    # The folder changes and one new field is damaged: the rerun fails, and the earlier predictions (of other
+    # inputs) are gone rather than left beside the new shards.
+    write_fields(wf / "new", ["11"])
+    (wf / "new" / "11_red.png").write_text("not an image\n")
+    failed = run_snakemake(wf, "classify", *classify_config("plate1", "new", tiny.zip), check=False)
+    assert failed.returncode != 0 and "11_red.png" in failed.stdout + failed.stderr
+    assert not (out / "predictions.csv").exists() and not (out / "gallery.png").exists()
 
 
 def empty_folder(wf: Path, tiny: Tiny):
@@ -507,3 +515,12 @@ def test_snakemake_classify_bad_input_is_named_and_leaves_no_predictions(tiny, t
     for message in messages:
         assert re.search(message, log), log[-4000:]
     assert not (wf / "results" / "classify" / "bad" / "predictions.csv").exists()
+
+
+def test_a_manifest_without_its_file_table_is_named(tiny, tmp_path):
+    """A hand-edited manifest.json without `files` (or an entry without its sha256) is a PackageError naming it."""
+    for manifest in ({"format": "hpa_classifier/1"}, {"format": "hpa_classifier/1", "files": {"a": {"bytes": 1}}}):
+        folder = copied(tiny, tmp_path / f"pkg{len(manifest)}")
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(PackageError, match=r"manifest\.json has no `files` mapping"):
+            Package(folder)

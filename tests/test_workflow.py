@@ -97,6 +97,24 @@ def test_rerun_has_nothing_to_do(demo_run):
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
+def test_folds_rerun_for_what_decides_them_and_nothing_else(demo_run):
+    """The shards do not depend on `external` or the duplicates settings; with policy group the search
+    settings rerun the folds, drop_external reruns them too, and with off nothing but the policy counts."""
+    assert plan(run_snakemake(demo_run, "-n", "preprocess", "folds", "--config", "duplicates={max_distance: 5}")) == {
+        "folds": "1",
+        "total": "1",
+    }
+    drop = run_snakemake(demo_run, "-n", "preprocess", "folds", "--config", "duplicates={policy: drop_external}")
+    assert plan(drop) == {"folds": "1", "total": "1"}
+    off = run_snakemake(demo_run, "preprocess", "folds", "--config", "duplicates={policy: off}")
+    assert "folds" in off.stdout + off.stderr
+    again = run_snakemake(
+        demo_run, "-n", "preprocess", "folds", "--config", "duplicates={policy: off, max_distance: 5}"
+    )
+    assert "Nothing to be done" in again.stdout + again.stderr
+    run_snakemake(demo_run, "preprocess", "folds")  # back to the fixture's folds (policy group)
+
+
 def test_without_a_test_dataset_the_default_target_skips_the_submission(demo_run, tmp_path):
     train_only = write_config(
         tmp_path / "train_only.yaml", {"datasets": [d for d in TINY["datasets"] if d["role"] == "train"]}

@@ -19,6 +19,7 @@ import pandas as pd
 from .layout import COLORS
 
 ROW_BLOCK, COL_BLOCK = 256, 4096  # pairs scored per numpy call: 1M uint64 XORs stay in cache
+MAX_PAIRS = 10_000_000  # past this a setting is wrong, not the data: stop before the tables grow
 HPAV18_ID = re.compile(r"(\d+)_\d+_[A-Za-z]+\d+_\d+")  # {antibody}_{plate}_{well}_{field}
 PAIR_COLUMNS = ["id_a", "dataset_a", "id_b", "dataset_b", *(f"d_{c}" for c in COLORS), "kind", "labels_agree"]
 
@@ -72,6 +73,11 @@ def find_pairs(
         parts = list(pool.map(rows, range(0, n, ROW_BLOCK)))
     i = np.concatenate([p[0] for p in parts] or [np.zeros(0, np.int64)]).astype(np.int64)
     j = np.concatenate([p[1] for p in parts] or [np.zeros(0, np.int64)]).astype(np.int64)
+    if len(i) > MAX_PAIRS:
+        raise ValueError(
+            f"{len(i):,} near-duplicate pairs within {max_distance} bits: far more than copies can explain "
+            "(unrelated fields differ in ~32 bits); lower duplicates.max_distance or add duplicates.channels"
+        )
     order = np.lexsort((j, i))
     i, j = i[order], j[order]
     return i, j, hamming(hashes[i], hashes[j]).astype(np.int64).reshape(len(i), hashes.shape[1])

@@ -86,7 +86,12 @@ class Package:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             got = manifest.get("format") if isinstance(manifest, dict) else None
             raise PackageError(f"package {self.path}: {MANIFEST} format is {got!r}, expected {FORMAT!r}")
-        self.files: dict[str, dict] = manifest["files"]
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not all(
+            isinstance(v, dict) and {"sha256", "bytes"} <= set(v) for v in files.values()
+        ):
+            raise PackageError(f"package {self.path}: {MANIFEST} has no `files` mapping of name -> sha256 and bytes")
+        self.files: dict[str, dict] = files
         if missing := [n for n in REQUIRED if n not in self.files]:
             raise PackageError(f"package {self.path}: {MANIFEST} does not list {', '.join(missing)}")
 
