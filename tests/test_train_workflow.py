@@ -259,7 +259,7 @@ def test_export_package_reproduces_the_ensembles_test_probabilities(e2e):
         seen += len(ids)
     assert seen == len(expected) == E2E["demo"]["n_test"]
     th = json.loads((pkg / "thresholds.json").read_text())
-    assert th["at_least_one"] is True and np.allclose(th["thresholds"], thresholds, atol=1e-6)
+    assert th["at_least_one"] is True and th["thresholds"] == thresholds.tolist()  # exact, not rounded
     assert json.loads((pkg / "classes.json").read_text())["0"] == "Nucleoplasm"
     assert json.loads((pkg / "preprocessing.json").read_text())["resize"]["size"] == E2E["image_size"]
     assert "max abs difference" in (e2e / "logs/export.log").read_text()

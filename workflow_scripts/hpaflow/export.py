@@ -321,7 +321,7 @@ def write_package(
         "thresholds.json": {
             "method": metrics["ensemble"]["final_method"],
             "at_least_one": settings.at_least_one,
-            "thresholds": [round(float(t), 6) for t in thresholds],
+            "thresholds": [float(t) for t in thresholds],  # exact: a rounded threshold flips labels near it
         },
         "classes.json": {str(i): name for i, name in enumerate(CLASS_NAMES)},
         "preprocessing.json": preprocessing(size, settings.datasets),
