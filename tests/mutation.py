@@ -33,6 +33,7 @@ TESTS = [
     "test_summary.py",
     "test_predict.py",
     "test_folds.py",
+    "test_duplicates.py",  # group-aware folds (group_folds, rebalance with movable rows)
     "test_config.py",  # each stage's settings built from the config (from_config)
 ]
 # mutmut's exit codes of a mutant's test run (mutmut.stats.status_by_exit_code).

@@ -70,4 +70,4 @@ def test_launcher_plans_the_full_scale_config(launcher, tmp_path):
     counts = plan(
         launch(launcher, wf, "-n", "--configfile", "config/hpa_kaggle.yaml", "--config", f"data_root={tmp_path}")
     )
-    assert counts["shard"] == "116" and counts["train"] == "15" and counts["total"] == "154", counts
+    assert counts["shard"] == "116" and counts["train"] == "15" and counts["total"] == "155", counts

@@ -161,11 +161,11 @@ def test_workflow_on_slurm_with_a_requeued_train_job(cluster, tmp_path):
     jobs = {i: v for i, v in squeue_all().items() if i not in before}
     slurm_logs = list((wf / ".snakemake" / "slurm_logs").rglob("*.log"))
     logged_ids = {p.stem for p in slurm_logs}
-    # Every non-local job was an sbatch job: demo_data, shard x6, folds, train x2, predict x2, model_summary,
-    # ensemble, submission, plots; `all` and `preprocess` run in the Snakemake process.
+    # Every non-local job was an sbatch job: demo_data, shard x6, duplicates, folds, train x2, predict x2,
+    # model_summary, ensemble, submission, plots; `all` and `preprocess` run in the Snakemake process.
     rules = [re.match(r"rule_(.+?)(?:_wildcards_.*)?$", c).group(1) for _, _, c in jobs.values()]
     assert sorted(rules) == sorted(
-        ["demo_data", "folds", "model_summary", "ensemble", "submission", "plots"]
+        ["demo_data", "duplicates", "folds", "model_summary", "ensemble", "submission", "plots"]
         + ["shard"] * 6
         + ["train"] * 2
         + ["predict"] * 2
