@@ -46,6 +46,17 @@ needs_shared = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny convolutions: one thread is fastest, and keeps a busy machine's cores free (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def copy_workflow(dest: Path) -> Path:
     """The workflow's own files (no results, no data) copied into dest."""
     dest.mkdir(parents=True, exist_ok=True)

@@ -60,12 +60,8 @@ def torch_probs(module: EnsembleModule, rgby: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: one thread is fastest, and keeps a busy machine's cores free (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(one_torch_thread):
+    """Tiny convolutions: torch on one thread for the whole module (conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from hpaflow.duplicates import (
     pairs_table,
     train_groups,
 )
-from hpaflow.folds import folds_table, group_folds
+from hpaflow.folds import assign_folds, folds_table, group_folds
 from hpaflow.hashing import phash, phash_rgby
 from hpaflow.io import read_rgby
 from hpaflow.labels import LabelTable, encode, read_labels
@@ -698,3 +698,69 @@ def test_demo_folds_keep_planted_pairs_together_and_drop_external_removes_the_pl
     left_out = set(dropped.loc[dropped["fold"] < 0, "Id"])
     assert left_out == set(truth.loc[truth["split_b"] == "hpav18", "id_b"])
     assert set(dropped.loc[dropped["fold"] >= 0, "fold"]) == {0, 1, 2}
+
+
+# --- group_folds by hand ----------------------------------------------------------------------------------
+# cost of fold k for group g = sum_c w_c ((counts[k,c] + gy_c - t_c)^2 - (counts[k,c] - t_c)^2)
+#                              + ((sizes_k + n_g - T)^2 - (sizes_k - T)^2) / T,
+# t_c = total_c / n_folds, T = rows / n_folds, w_c = 1 / max(total_c, 1); argmin, ties to the lowest fold.
+
+
+def one_class_groups(names, sizes, positives):
+    """Rows group by group (names[i] repeated sizes[i] times), the first positives[i] of them with the one class."""
+    groups = np.repeat(np.array(names), sizes)
+    labels = np.concatenate([[1] * p + [0] * (s - p) for s, p in zip(sizes, positives)]).astype(np.uint8)
+    return labels[:, None], groups
+
+
+def test_group_folds_by_hand_size_narrowly_beats_class_and_counts_add_up():
+    """2 folds, one class; groups A (4 rows, 3 with the class), B (3, 1), C (2, 1), D (1, 1), named so
+    that np.unique lists them D, C, B, A: largest first is by size, not by name. 10 rows, 6 positives:
+    t = 3, T = 5, w = 1/6. Distinct sizes: the rng orders nothing, any seed gives the same folds.
+
+    A: both folds empty, equal costs -> fold 0.             counts [3, 0], sizes [4, 0]
+    B: fold 0 class (1 - 0)/6 = 1/6,  size (4 - 1)/5 = 3/5;
+       fold 1 class (4 - 9)/6 = -5/6, size (4 - 25)/5 = -21/5 -> fold 1.  counts [3, 1], sizes [4, 3]
+    C: fold 0 class (1 - 0)/6 = 1/6,  size (1 - 1)/5 = 0;
+       fold 1 class (1 - 4)/6 = -1/2, size (0 - 4)/5 = -4/5 -> fold 1.    counts [3, 2], sizes [4, 5]
+    D: fold 0 class (1 - 0)/6 = 1/6,  size (0 - 1)/5 = -1/5: -1/30;
+       fold 1 class (0 - 1)/6 = -1/6, size (1 - 0)/5 = 1/5:   1/30 -> fold 0.
+    D is where class (fold 1 is 1/3 better) and size (fold 0 is 2/5 better) pull apart and size wins by
+    1/15: a class term twice as large (2 / total), weighted by total instead of 1 / total, or with
+    + t in the square; or a size term divided by rows * n_folds (20) instead of T, would send D to
+    fold 1. So would fold 1 holding C's 1 positive (counts set, not added) instead of B's + C's 2:
+    class (1 - 4)/6 = -1/2, -1/2 + 1/5 < -1/30."""
+    labels, groups = one_class_groups(["d", "c", "b", "a"], [4, 3, 2, 1], [3, 1, 1, 1])
+    for seed in range(3):
+        fold = group_folds(labels, groups, 2, np.random.default_rng(seed))
+        assert fold.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 0], seed
+
+
+def test_group_folds_by_hand_size_term_is_the_change_in_squared_deviation():
+    """2 folds, one class; groups A (4 rows, none with the class), B (2, both), C (1, 1). 7 rows,
+    3 positives: t = 1.5, T = 3.5, w = 1/3.
+
+    A: both folds empty -> fold 0.                                    counts [0, 0], sizes [4, 0]
+    B: class equal (both counts 0); size fold 0 (2.5^2 - 0.5^2)/3.5 = 6/3.5,
+       fold 1 (1.5^2 - 3.5^2)/3.5 = -10/3.5 -> fold 1.                counts [0, 2], sizes [4, 2]
+    C: fold 0 class (0.5^2 - 1.5^2)/3 = -2/3, size (1.5^2 - 0.5^2)/3.5 = 4/7:  -2/21;
+       fold 1 class (1.5^2 - 0.5^2)/3 = 2/3,  size (0.5^2 - 1.5^2)/3.5 = -4/7: 2/21 -> fold 0.
+    With (sizes + n - T) * 2 in place of its square, C's size term would be (2 * 1.5 - 0.5^2)/3.5 = 11/14
+    on fold 0 and (2 * -0.5 - 1.5^2)/3.5 = -13/14 on fold 1: 5/42 against -11/42, fold 1; with
+    (sizes - T) * 2 in place of the other square, B would cost (2.5^2 - 1)/3.5 = 5.25/3.5 on fold 0 and
+    (1.5^2 + 7)/3.5 = 9.25/3.5 on fold 1, fold 0."""
+    labels, groups = one_class_groups([2, 1, 0], [4, 2, 1], [0, 2, 1])
+    for seed in range(3):
+        fold = group_folds(labels, groups, 2, np.random.default_rng(seed))
+        assert fold.tolist() == [0, 0, 0, 0, 1, 1, 0], seed
+
+
+def test_assign_folds_with_groups_is_deterministic_for_a_seed():
+    """16 pairs and 8 single rows with random labels: the order of equal-sized groups and the swaps
+    are drawn from the seed, so one seed gives one split (and other seeds other splits)."""
+    labels = encode(sample_label_sets(40, np.random.default_rng(3), 0.3))
+    groups = np.concatenate([np.repeat(np.arange(16), 2), np.arange(16, 24)])
+    first = assign_folds(labels, 2, 4, groups)
+    assert np.array_equal(first, assign_folds(labels, 2, 4, groups))
+    assert all(len(set(first[groups == g])) == 1 for g in range(16))
+    assert any(not np.array_equal(first, assign_folds(labels, 2, seed, groups)) for seed in range(5, 8))
