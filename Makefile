@@ -12,7 +12,9 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
-	$(VENV)/bin/python -m pip install -q --no-deps -e .  # hpaflow, as tests and benchmarks import it
+	# hpaflow is not installed: each clone's tests (pytest.ini pythonpath), benchmarks and jobs import
+	# that clone's workflow_scripts/, so one venv serves several clones (an old editable install goes).
+	$(VENV)/bin/python -m pip uninstall -q -y hpaflow 2>/dev/null || true
 	$(VENV)/bin/python -c "import torch, torchvision, snakemake, h5py, cv2, iterstrat, imagecodecs, snakefmt"
 	touch $@
 
@@ -20,7 +22,7 @@ demo: venv
 	$(SNAKEMAKE) demo_data --cores $(CORES)
 	$(SNAKEMAKE) --cores $(CORES)
 	$(SNAKEMAKE) --report results/report.html
-	@$(VENV)/bin/python -c "from hpaflow.summary import headline; print(headline('results/metrics.json'))"
+	@PYTHONPATH=workflow_scripts $(VENV)/bin/python -c "from hpaflow.summary import headline; print(headline('results/metrics.json'))"
 
 test: venv
 	$(VENV)/bin/python -m pytest -q tests
@@ -28,7 +30,7 @@ test: venv
 test-quick: venv  # everything but the full demo run
 	$(VENV)/bin/python -m pytest -q tests -m "not slow"
 
-mutation: venv  # mutation testing of the modules whose maths decides the results (not in CI: see README)
+mutation: venv  # mutation testing of the modules whose maths decides the results (not in CI: see docs/development.md)
 	$(VENV)/bin/python tests/mutation.py
 
 lint: venv  # style settings (one line length) in pyproject.toml

@@ -1,7 +1,6 @@
 """GPU check: the CUDA path of training and prediction, and its throughput, in one command.
 
     python benchmarks/gpu_check.py                # on a CUDA machine: <= 8 minutes on one H100
-    PYTHONPATH=workflow_scripts python benchmarks/gpu_check.py   # where hpaflow is not installed (pip install -e .)
     python benchmarks/gpu_check.py --device cpu --quick   # the same code on the CPU, tiny (tests)
 
 (a) a demo-sized model (resnet18, 64 px, 512 synthetic fields in real shards) trained 2 epochs
@@ -33,17 +32,20 @@ import numpy as np
 import torch
 from train_step import step_rates
 
-from hpaflow.data import ShardDataset, ShardRows
-from hpaflow.demo import render, sample_label_sets
-from hpaflow.labels import encode
-from hpaflow.layout import COLORS
-from hpaflow.models import build_model
-from hpaflow.predict import PredictSettings, predict_probs, run_predict
-from hpaflow.runtime import autocast_dtype, pick_device
-from hpaflow.shards import ShardSpec, write_shard
-from hpaflow.thresholds import ThresholdSettings, apply, fit
-from hpaflow.train import TrainConfig, train
-from hpaflow.transforms import CHANNELS
+# This clone's package, whatever venv runs the benchmark (a venv may serve several clones).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
+
+from hpaflow.data import ShardDataset, ShardRows  # noqa: E402
+from hpaflow.demo import render, sample_label_sets  # noqa: E402
+from hpaflow.labels import encode  # noqa: E402
+from hpaflow.layout import COLORS  # noqa: E402
+from hpaflow.models import build_model  # noqa: E402
+from hpaflow.predict import PredictSettings, predict_probs, run_predict  # noqa: E402
+from hpaflow.runtime import autocast_dtype, pick_device  # noqa: E402
+from hpaflow.shards import ShardSpec, write_shard  # noqa: E402
+from hpaflow.thresholds import ThresholdSettings, apply, fit  # noqa: E402
+from hpaflow.train import TrainConfig, train  # noqa: E402
+from hpaflow.transforms import CHANNELS  # noqa: E402
 
 BACKBONES = ["resnet18", "resnet50", "se_resnet50"]
 TTA = list(range(8))

@@ -25,13 +25,16 @@ import h5py
 import numpy as np
 import tifffile
 
-from hpaflow.data import ShardDataset, ShardRows
-from hpaflow.demo import render, sample_label_sets, write_hpav18_jpeg, write_png
-from hpaflow.labels import encode
-from hpaflow.layout import COLORS, EXTENSIONS
-from hpaflow.shards import COMPRESSIONS, ShardSpec, write_shard
-from hpaflow.thresholds import ThresholdSettings, fit
-from hpaflow.transforms import COLOR_MATRICES, MEAN, STD
+# This clone's package, whatever venv runs the benchmark (a venv may serve several clones).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
+
+from hpaflow.data import ShardDataset, ShardRows  # noqa: E402
+from hpaflow.demo import render, sample_label_sets, write_hpav18_jpeg, write_png  # noqa: E402
+from hpaflow.labels import encode  # noqa: E402
+from hpaflow.layout import COLORS, EXTENSIONS  # noqa: E402
+from hpaflow.shards import COMPRESSIONS, ShardSpec, write_shard  # noqa: E402
+from hpaflow.thresholds import ThresholdSettings, fit  # noqa: E402
+from hpaflow.transforms import COLOR_MATRICES, MEAN, STD  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

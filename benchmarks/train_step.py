@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,18 +19,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpaflow.augment import prepare_batch
-from hpaflow.data import ShardDataset, ShardRows
-from hpaflow.losses import LOSSES
-from hpaflow.models import build_model
-from hpaflow.runtime import autocast_dtype, pick_device
-from hpaflow.train import train_step
-from hpaflow.transforms import CHANNELS
+# This clone's package, whatever venv runs the benchmark (a venv may serve several clones).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
+
+from hpaflow.augment import prepare_batch  # noqa: E402
+from hpaflow.data import ShardDataset, ShardRows  # noqa: E402
+from hpaflow.losses import LOSSES  # noqa: E402
+from hpaflow.models import build_model  # noqa: E402
+from hpaflow.runtime import autocast_dtype, pick_device  # noqa: E402
+from hpaflow.train import train_step  # noqa: E402
+from hpaflow.transforms import CHANNELS  # noqa: E402
 
 
 def make_shard(path: Path, n: int, size: int) -> None:
     import h5py
 
+    from hpaflow import h5names as h5n
     from hpaflow.demo import render, sample_label_sets
     from hpaflow.labels import encode
 
@@ -41,6 +46,7 @@ def make_shard(path: Path, n: int, size: int) -> None:
             img[i] = render(s, size, np.random.default_rng(i))
         h5.create_dataset("ids", data=np.array([f"id{i}" for i in range(n)], dtype=object), dtype=h5py.string_dtype())
         h5.create_dataset("labels", data=encode(sets))
+        h5.attrs[h5n.FORMAT] = h5n.SHARD_FORMAT
 
 
 def run(model, batches, device, dtype, steps: int, warmup: int, mode: str) -> float:

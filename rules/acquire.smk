@@ -36,7 +36,7 @@ rule download_hpav18_part:
     params:
         out_dir=f"{config['data_root']}/{DOWNLOAD['hpav18_dir']}",
         parts=len(HPAV18_PARTS),
-        config=config_keys("hpav18_base_url", "download"),
+        decides=decides("download_hpav18_part"),
     script:
         "../workflow_scripts/download_hpav18.py"
 

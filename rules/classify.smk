@@ -1,7 +1,6 @@
 rule classify_shard:
-    """One shard of the fields to classify, made as training shards are, at the package's input size."""
+    """One shard of the fields to classify, made as training shards are, at the package's shard size."""
     input:
-        images=classify_shard_images,
         package=classify_package,
     output:
         "results/classify/{name}/shards/{index}.h5",
@@ -13,11 +12,10 @@ rule classify_shard:
     resources:
         **job_resources("classify_shard"),
     params:
-        ids=classify_shard_ids,
-        images=lambda wc: CLASSIFY["images"],
-        format=lambda wc: CLASSIFY["format"],
-        bits=lambda wc: CLASSIFY["bits"],
-        compression=config["hdf5_compression"],
+        decides=lambda wc: decides("classify_shard"),
+        files=classify_shard_files,
+        package=classify_package_params,
+        storage={"hdf5_compression": config["hdf5_compression"]},
     script:
         "../workflow_scripts/classify_shard.py"
 
@@ -37,7 +35,7 @@ rule classify_predict:
     resources:
         **job_resources("classify_predict"),
     params:
-        batch_size=lambda wc: CLASSIFY["batch_size"],
+        package=classify_package_params,
     script:
         "../workflow_scripts/classify.py"
 

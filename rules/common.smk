@@ -1,3 +1,4 @@
+import hashlib
 import os
 import re
 import sys
@@ -7,13 +8,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow_scripts"))
 
 from hpaflow.config import (
+    check_exportable,
     ConfigError,
     check_fold_count,
     dataset_path,
     read_dataset,
     validate_config,
 )
-from hpaflow.layout import COLORS, channel_path, find_ids, shard_count, shard_slice
+from hpaflow.contracts import SHARD_DATASET_KEYS, SHARD_KEYS, decided_by, digest, member_key, pick
+from hpaflow.layout import list_channels, shard_count, shard_slice
+from hpaflow.package import Package, PackageError
+from hpaflow.weights import WeightsError, weights_path
 
 # Validated here, once the package is importable: errors name the key (schema + cross-key rules).
 validate_config(config, Path(workflow.basedir) / "config/schemas/config.schema.yaml")
@@ -56,12 +61,45 @@ def all_shards(wildcards):
     return [f for name in DATASETS for f in shards_of(name)]
 
 
+def shard_index(name):
+    return f"results/shards/{name}/index.json"
+
+
+def indexes(names):
+    """The shard indexes of datasets, as a shard reader's input. Ancient: a rewrite of the shards that
+    keeps their content (shard_size, hdf5_compression) reruns no reader; `contents` reruns them."""
+    return [ancient(shard_index(n)) for n in names]
+
+
+def contents(names):
+    """What decides the content of datasets' shards (rule shard_content), as a shard reader's input."""
+    return [f"results/shards/{n}/content.json" for n in names]
+
+
 def train_shards(wildcards):
-    return [f for name in TRAIN_DATASETS for f in shards_of(name)]
+    return indexes(TRAIN_DATASETS)
 
 
 def test_shards(wildcards):
-    return [f for name in TEST_DATASETS for f in shards_of(name)]
+    return indexes(TEST_DATASETS)
+
+
+def all_indexes(wildcards):
+    return indexes(DATASETS)
+
+
+def shard_decided(name):
+    """What decides a dataset's shards (the shard rule's params): the shard keys and the dataset's own."""
+    d = config["datasets"][DATASETS[name]]
+    return {**pick(config, SHARD_KEYS), "dataset": {k: d[k] for k in SHARD_DATASET_KEYS if k in d}}
+
+
+@lru_cache(maxsize=None)
+def dataset_content(name):
+    """Stands for the content of a dataset's shards: what decides them and its Ids and labels."""
+    t = dataset_table(name)
+    labels = "" if t.labels is None else digest(t.labels.tolist())
+    return digest([shard_decided(name), digest(list(t.ids)), labels])
 
 
 def labels_csv(wildcards):
@@ -83,12 +121,6 @@ def train_labels_csvs(wildcards):
     return [str(dataset_path(config, DATASETS[n], "labels")) for n in TRAIN_DATASETS]
 
 
-def shard_dataset_keys(name):
-    """A dataset's keys that decide its shards (`external` only matters to the folds: changing it
-    must not rewrite shards)."""
-    return {k: v for k, v in config["datasets"][DATASETS[name]].items() if k != "external"}
-
-
 def folds_shards(wildcards):
     """The train shards whose stored pHashes give the groups; none with duplicates.policy off, so
     folds never wait for (or rerun after) the shards."""
@@ -97,12 +129,15 @@ def folds_shards(wildcards):
 
 def folds_settings():
     """What decides the folds beyond the labels: with policy off only the policy, so that the search
-    settings (which then only feed the report) do not rerun the folds and every model after them."""
+    settings (which then only feed the report) do not rerun the folds and every model after them;
+    with group_by_antibody the train datasets' id_format (which of them have antibodies in their Ids)."""
     d = config["duplicates"]
     if d["policy"] == "off":
         return {"policy": "off"}
-    external = [x["name"] for x in config["datasets"] if x["role"] == "train" and x["external"]]
-    return {**d, "external": external if d["policy"] == "drop_external" else []}
+    train = [x for x in config["datasets"] if x["role"] == "train"]
+    external = [x["name"] for x in train if x["external"]]
+    id_format = {x["name"]: x["id_format"] for x in train} if d["group_by_antibody"] else {}
+    return {**d, "external": external if d["policy"] == "drop_external" else [], "id_format": id_format}
 
 
 def final_outputs(wildcards):
@@ -119,10 +154,9 @@ def model_settings(wildcards):
     return m
 
 
-def config_keys(*keys):
-    """The part of the config a rule's settings are built from (hpaflow's from_config): a job reruns
-    when one of these keys changes, not when any key does."""
-    return {k: config[k] for k in keys}
+def decides(stage):
+    """A rule's params: the config keys that decide its stage's outputs (hpaflow.contracts)."""
+    return decided_by(stage, config)
 
 
 def job_threads(rule):
@@ -144,42 +178,108 @@ def classify_config():
 
 
 @lru_cache(maxsize=None)
-def classify_ids():
-    """The Ids in classify.images, found when first needed (a missing channel stops the planning)."""
+def classify_listing():
+    """The folder to classify as it is now (hpaflow.layout.list_channels): its listing decides the shards,
+    so the same name on another folder reruns them. An unreadable or doubled channel file stops the planning."""
     c = classify_config()
     try:
-        return find_ids(c["images"], c["format"])
+        return list_channels(c["images"], c["format"])
     except ValueError as e:
         raise ConfigError(f"classify.images: {e}") from None
 
 
-def classify_package(wildcards):
-    """The exported package: classify.package, else the one this workflow exports."""
+def classify_ids():
+    return classify_listing().ids
+
+
+@lru_cache(maxsize=None)
+def given_package():
+    """classify.package checked file by file against its manifest (content, not mtime) on every run, and
+    its manifest's digest, which decides the predictions; None when the workflow's own export is used."""
     path = classify_config()["package"]
     if path is None:
-        return rules.export.output.package
+        return None
     if not Path(path).exists():
         raise ConfigError(f"classify.package: {path} does not exist (an exported folder or its zip)")
-    return path
+    try:
+        package = Package(path)
+        package.verify()
+    except PackageError as e:
+        raise ConfigError(f"classify.package: {e}") from None
+    return {"path": str(path), "manifest": digest(package.files)}
+
+
+def classify_package(wildcards):
+    """The workflow's own export as an input; a given package is no input (the workflow never rebuilds
+    it, even inside results/export): its path and manifest digest are params instead."""
+    return [] if given_package() else rules.export.output.package
+
+
+def classify_package_params(wildcards):
+    return given_package() or {"path": rules.export.output.package, "manifest": None}
 
 
 def classify_shard_ids(wildcards):
     ids = classify_ids()
-    return ids[shard_slice(int(wildcards.index), len(ids), config["shard_size"])]
+    return ids[shard_slice(int(wildcards.index), len(ids), CLASSIFY["shard_size"])]
 
 
-def classify_shard_images(wildcards):
-    c = classify_config()
-    return [
-        str(channel_path(c["images"], i, color, c["format"])) for i in classify_shard_ids(wildcards) for color in COLORS
-    ]
+def classify_shard_files(wildcards):
+    """The shard's channel files by Id as listed now, each with its size and mtime: the listing decides the
+    shard (a param, so another folder, a new or a replaced file reruns it). Not inputs: Snakemake reads
+    braces in a file name (`{ctrl}_red.png`) as wildcards, and could then not build the job at all."""
+    listing = classify_listing()
+    files = {}
+    for i in classify_shard_ids(wildcards):
+        stats = [p.stat() for p in listing.paths(i)]
+        files[i] = [[name, s.st_size, s.st_mtime_ns] for name, s in zip(listing.files[i], stats)]
+    return files
 
 
 def classify_shards(wildcards):
-    n = shard_count(len(classify_ids()), config["shard_size"])
+    n = shard_count(len(classify_ids()), CLASSIFY["shard_size"])
     return [f"results/classify/{wildcards.name}/shards/{i}.h5" for i in range(n)]
 
 
 def classify_outputs(wildcards):
     d = f"results/classify/{classify_config()['name']}"
     return [f"{d}/predictions.csv", f"{d}/gallery.png"]
+
+
+@lru_cache(maxsize=None)
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pretrained_weights(wildcards):
+    """A pretrained model's ImageNet weights, a param of its train job: the file's name and sha256, so that
+    its content decides the model and pretrained_dir (where it is found) only steers. Not an input: Snakemake
+    records input paths, so another folder holding the same file would rerun every model. A missing file
+    stops the planning, named."""
+    m = model_settings(wildcards)
+    if not m["pretrained"]:
+        return None
+    try:
+        path = weights_path(m["backbone"], config["pretrained_dir"])
+    except WeightsError as e:
+        raise ConfigError(f"models ({m['name']}): {e}") from None
+    return {"file": path.name, "sha256": file_sha256(str(path))}
+
+
+def keyed(kind, pattern, folds=True):
+    """Named inputs, one per member: `{kind}:{model}:{fold}` (or `{kind}:{model}`) -> its file, so that a
+    job finds each member by what it is (hpaflow.contracts.members), never by its place in a list."""
+    if folds:
+        return {member_key(kind, m, k): pattern.format(model=m, fold=k) for m in MODELS for k in FOLDS}
+    return {member_key(kind, m): pattern.format(model=m) for m in MODELS}
+
+
+def exportable(wildcards):
+    """Checked when the export job is planned, before any training: what one ONNX graph cannot hold
+    stops the run with the key named. No input of its own."""
+    check_exportable(config)
+    return []

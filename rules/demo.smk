@@ -24,6 +24,6 @@ rule demo_data:
         **job_resources("demo_data"),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
-        config=config_keys("demo"),
+        decides=decides("demo_data"),
     script:
         "../workflow_scripts/demo_data.py"

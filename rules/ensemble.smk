@@ -19,7 +19,7 @@ rule model_summary:
 rule ensemble:
     """Ensemble, thresholds fitted out-of-fold, and every figure in metrics.json."""
     input:
-        summaries=expand("results/summary/{model}.h5", model=MODELS),
+        unpack(lambda wc: keyed("summary", "results/summary/{model}.h5", folds=False)),
         duplicates="results/duplicates.csv",
         folds="results/folds.csv",
     output:
@@ -34,8 +34,7 @@ rule ensemble:
     resources:
         **job_resources("ensemble"),
     params:
-        models=MODELS,
-        config=config_keys("thresholds", "ensemble", "duplicates"),
+        decides=decides("ensemble"),
     script:
         "../workflow_scripts/ensemble.py"
 
@@ -55,7 +54,7 @@ rule submission:
     resources:
         **job_resources("submission"),
     params:
-        at_least_one=config["thresholds"]["at_least_one"],
+        decides=decides("submission"),
     script:
         "../workflow_scripts/submission.py"
 
@@ -63,12 +62,13 @@ rule submission:
 rule plots:
     """Report figures: training curves, per-class F1, threshold curves, label frequencies, images."""
     input:
+        unpack(lambda wc: keyed("curves", "results/models/{model}/fold{fold}/metrics.csv")),
         metrics="results/metrics.json",
         ensemble="results/ensemble.h5",
-        curves=expand("results/models/{model}/fold{fold}/metrics.csv", model=MODELS, fold=FOLDS),
         shards=train_shards,
         duplicates="results/duplicates.csv",
-        all_shards=all_shards,
+        all_shards=all_indexes,
+        content=contents(DATASETS),
     output:
         curves=report("results/plots/training_curves.png", caption="report/curves.rst", category="Training"),
         per_class=report("results/plots/per_class_f1.png", caption="report/per_class.rst", category="Scores"),
@@ -84,9 +84,6 @@ rule plots:
     threads: job_threads("plots")
     resources:
         **job_resources("plots"),
-    params:
-        models=MODELS,
-        folds=FOLDS,
     script:
         "../workflow_scripts/plots.py"
 
@@ -94,10 +91,12 @@ rule plots:
 rule export:
     """The fitted ensemble as a package to take away: one ONNX graph, thresholds, classes, preprocessing, README."""
     input:
-        models=expand("results/models/{model}/fold{fold}/best.pt", model=MODELS, fold=FOLDS),
+        unpack(lambda wc: keyed("model", "results/models/{model}/fold{fold}/best.pt")),
+        exportable=exportable,
         ensemble="results/ensemble.h5",
         metrics="results/metrics.json",
         shards=train_shards,
+        content=contents(TRAIN_DATASETS),
     output:
         package=directory("results/export/hpa_classifier"),
         zip="results/export/hpa_classifier.zip",
@@ -109,8 +108,6 @@ rule export:
     resources:
         **job_resources("export"),
     params:
-        models=MODELS,
-        folds=FOLDS,
-        config=config_keys("export", "predict", "thresholds", "datasets", "tiling"),
+        decides=decides("export"),
     script:
         "../workflow_scripts/export.py"

@@ -1,7 +1,8 @@
 rule duplicates:
     """Near-duplicate pairs among all fields (per-plane pHash from the shards), for the folds and the leak report."""
     input:
-        all_shards,
+        shards=all_indexes,
+        content=contents(DATASETS),
     output:
         "results/duplicates.csv",
     log:
@@ -12,7 +13,7 @@ rule duplicates:
     resources:
         **job_resources("duplicates"),
     params:
-        config=config_keys("duplicates"),
+        decides=decides("duplicates"),
     script:
         "../workflow_scripts/duplicates.py"
 
@@ -22,6 +23,7 @@ rule folds:
     input:
         labels=train_labels_csvs,
         shards=folds_shards,
+        content=contents(TRAIN_DATASETS) if config["duplicates"]["policy"] != "off" else [],
     output:
         "results/folds.csv",
     log:

@@ -6,6 +6,7 @@ rule train:
     """
     input:
         shards=train_shards,
+        content=contents(TRAIN_DATASETS),
         folds="results/folds.csv",
     output:
         best="results/models/{model}/fold{fold}/best.pt",
@@ -21,7 +22,8 @@ rule train:
         **job_resources("train"),
     params:
         model=model_settings,
-        config=config_keys("seed", "device", "pretrained_dir", "visdom"),
+        weights=pretrained_weights,
+        decides=pick(config, ["seed"]),
     script:
         "../workflow_scripts/train.py"
 
@@ -32,6 +34,7 @@ rule predict:
         best="results/models/{model}/fold{fold}/best.pt",
         train_shards=train_shards,
         test_shards=test_shards,
+        content=contents(DATASETS),
         folds="results/folds.csv",
     output:
         "results/predictions/{model}/fold{fold}.h5",
@@ -45,6 +48,6 @@ rule predict:
     resources:
         **job_resources("predict"),
     params:
-        config=config_keys("predict", "device"),
+        decides=decides("predict"),
     script:
         "../workflow_scripts/predict.py"

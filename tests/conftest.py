@@ -114,6 +114,17 @@ def plan(proc: subprocess.CompletedProcess) -> dict[str, str]:
     return dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
 
 
+def fake_weights(folder: Path) -> Path:
+    """Empty files under every backbone's weight file name: enough for planning, which makes a pretrained
+    model's weight file an input of its train job (a real load needs real weights: tests/test_models.py)."""
+    from hpaflow.weights import WEIGHTS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec in WEIGHTS.values():
+        (folder / spec.files[0]).touch()
+    return folder
+
+
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

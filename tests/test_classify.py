@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -21,19 +22,32 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, copy_workflow, run_snakemake
+from conftest import REPO, copy_workflow, plan, run_snakemake
 from hpaflow import h5names as h5n
-from hpaflow.classify import predict_probs, predictions_table, run_classify, session
+from hpaflow import transforms
+from hpaflow.classify import model_input, predict_probs, predictions_table, run_classify, session
 from hpaflow.config import ConfigError, coerce_strings, validate_config
+from hpaflow.data import ShardDataset, ShardRows
 from hpaflow.demo.writers import write_png
-from hpaflow.export import EnsembleModule, ExportSettings, write_package, zip_package
+from hpaflow.export import (
+    EnsembleModule,
+    ExportError,
+    ExportSettings,
+    check_rdf,
+    preprocessing,
+    write_package,
+    zip_package,
+)
 from hpaflow.gallery import captioned_grid, display_rgb
+from hpaflow.io import read_rgby
 from hpaflow.labels import CLASS_NAMES
 from hpaflow.layout import channel_path, find_ids
 from hpaflow.models import build_model
-from hpaflow.package import Package, PackageError
-from hpaflow.shards import ShardSpec, write_shard
+from hpaflow.package import Package, PackageError, write_manifest
+from hpaflow.predict import load_checkpoint, load_model, predict_rows
+from hpaflow.shards import ShardSpec, read_shard, write_shard
 from hpaflow.thresholds import apply
+from hpaflow.transforms import CHANNELS
 
 SIZE = 32
 SCHEMA = REPO / "config" / "schemas" / "config.schema.yaml"
@@ -51,6 +65,12 @@ class Tiny:
 
 
 FIELD_IDS = ["f0", "f1", "f2"]
+SETTINGS = ExportSettings([0, 1], "mean", True, [{"name": "d", "format": "png", "bits": 16}], ["A B"], "CC-BY-4.0")
+METRICS = {
+    "n_train": 10,
+    "ensemble": {"f1_cross_fitted": 0.3, "f1_at_0.5": 0.2, "final_method": "per_class"},
+    "prior_baseline": {"f1": 0.05},
+}
 
 
 def torch_probs(module: EnsembleModule, rgby: np.ndarray) -> np.ndarray:
@@ -79,14 +99,9 @@ def tiny(tmp_path_factory) -> Tiny:
     for image_id, image in zip(FIELD_IDS, rgby):
         write_png(fields, image_id, image)
     thresholds = np.round(torch_probs(module, rgby)[0].astype(np.float64) + 2e-3, 6)
-    settings = ExportSettings([0, 1], "mean", True, [{"name": "d", "format": "png", "bits": 16}], ["A B"], "CC-BY-4.0")
-    metrics = {
-        "n_train": 10,
-        "ensemble": {"f1_cross_fitted": 0.3, "f1_at_0.5": 0.2, "final_method": "per_class"},
-        "prior_baseline": {"f1": 0.05},
-    }
     folder = root / "pkg"
-    diff = write_package(folder, module, SIZE, settings, thresholds, metrics, ["m"], 1, rgby.transpose(0, 3, 1, 2))
+    sample = rgby.transpose(0, 3, 1, 2)
+    diff = write_package(folder, module, SIZE, SETTINGS, thresholds, METRICS, ["m"], 1, sample, shard_size=SIZE)
     assert diff <= 1e-4
     zip_package(folder, root / "pkg.zip")
     return Tiny(folder, root / "pkg.zip", module, fields, rgby, thresholds)
@@ -123,6 +138,27 @@ def test_folder_and_zip_verify_and_read_alike(tiny):
     assert {"ensemble.onnx", "rdf.yaml", "test_input.npy", "cover.png"} <= listed
     assert folder.onnx_source() == str(tiny.folder / "ensemble.onnx")
     assert zipped.onnx_source() == (tiny.folder / "ensemble.onnx").read_bytes()
+
+
+def test_the_written_description_passes_bioimageio_with_its_files_and_a_mismatch_is_named(tiny, monkeypatch):
+    """rdf.yaml as export wrote it passes bioimageio.spec's validation with its files opened (sha256, test tensors
+    against the axes), offline; a test tensor whose sha256 differs, or an axis of another size, is named."""
+    import httpx
+
+    calls = []
+    monkeypatch.setattr(httpx.Client, "send", lambda self, request, *a, **k: calls.append(request.url))
+    rdf = yaml.safe_load((tiny.folder / "rdf.yaml").read_text())
+    check_rdf(rdf, tiny.folder)
+    bad = copy.deepcopy(rdf)
+    bad["inputs"][0]["test_tensor"]["sha256"] = "1" * 64
+    with pytest.raises(ExportError, match=r"\n  inputs\[0\]\.test_tensor: .*SHA256 mismatch for .*test_input\.npy"):
+        check_rdf(bad, tiny.folder)
+    bad = copy.deepcopy(rdf)
+    bad["inputs"][0]["axes"][2]["size"] = SIZE + 8
+    message = re.escape(f"axes[y]: test_tensor axis has incompatible size {{{SIZE}}}") + f".*expected {SIZE + 8}"
+    with pytest.raises(ExportError, match=message):
+        check_rdf(bad, tiny.folder)
+    assert calls == []
 
 
 @pytest.mark.parametrize("as_zip", [False, True])
@@ -332,8 +368,10 @@ def test_predict_refuses_shards_of_another_size(tiny, tmp_path):
     """A shard made at another size than the package's is refused, naming the shard."""
     shards = write_shards(tiny, tmp_path, size=16)
     sess = session(Package(tiny.folder).onnx_source(), threads=1)
-    with pytest.raises(ValueError, match=r"0\.h5: rows are 16 px with tiling none; the package takes whole 32 px"):
-        predict_probs(sess, shards, SIZE, batch_size=2)
+    with pytest.raises(
+        ValueError, match=r"0\.h5: rows are 16 px with tiling none; the package's fields are sharded as whole 32 px"
+    ):
+        predict_probs(sess, shards, SIZE, SIZE, batch_size=2)
 
 
 def flip_byte(path: Path) -> None:
@@ -355,6 +393,126 @@ def test_run_classify_refuses_a_damaged_package_before_predicting(tiny, tmp_path
     with pytest.raises(PackageError, match=re.escape(f"{name} does not match manifest.json")):
         run_classify(write_shards(tiny, tmp_path), folder, out, threads=1, batch_size=2)
     assert not out.exists()
+
+
+# --- one preprocessing path: classify feeds the graph what predict fed the models ------------------------
+
+SOURCE = 40  # the fields' channel files: shrunk to the 32 px shards (INTER_AREA), as training data are
+VIEWS = [0, 5]
+
+
+@dataclass
+class Resized:
+    """A package whose model takes `size` px while the shards hold SIZE px rows, and the predict path's answer."""
+
+    size: int
+    folder: Path
+    fields: Path  # PNG channel files of FIELD_IDS at SOURCE px
+    predict_rows: np.ndarray  # uint8 (3, 4, size, size): what predict's ShardDataset fed the model
+    predict_probs: np.ndarray  # (3, 28): predict's TTA-combined probabilities (PyTorch, CPU)
+
+
+@pytest.fixture(scope="module", params=[48, 24], ids=["model-larger", "model-smaller"])
+def resized(request, tmp_path_factory) -> Resized:
+    """A model trained at `size` px on 32 px shards (config image_size 32, models[0].image_size `size`): its
+    checkpoint, the rows and probabilities predict gives it on a test dataset's shard, and the package `snakemake
+    export` writes from it (one member, weight 1: the ensemble is the model)."""
+    size = request.param
+    root = tmp_path_factory.mktemp(f"resized{size}")
+    torch.manual_seed(size)
+    model = build_model("resnet18", CHANNELS["gyb"])
+    cfg = {"name": "m", "backbone": "resnet18", "color_mode": "gyb", "image_size": size}
+    state = {h5n.FORMAT: h5n.CHECKPOINT_FORMAT, h5n.CKPT_MODEL: model.state_dict(), h5n.CKPT_CONFIG: cfg}
+    torch.save({**state, h5n.CKPT_TRAIN_IDS: ["a"]}, root / "best.pt")
+    fields = write_fields(root / "fields", FIELD_IDS, size=SOURCE, seed=size)
+    # predict: the test dataset's shard (the shard rule's code, at image_size), read by predict_rows.
+    spec = ShardSpec(dataset="test", fmt="png", images_dir=str(fields), role="test", image_size=SIZE)
+    write_shard(root / "train_shard.h5", spec, FIELD_IDS, None, 0)
+    rows = ShardRows.from_files([root / "train_shard.h5"])
+    model, cfg = load_model(load_checkpoint(root / "best.pt"), torch.device("cpu"))
+    ids, probs, _ = predict_rows(model, cfg, rows, torch.device("cpu"), VIEWS, "mean", "mean", 2, 0)
+    assert list(ids) == FIELD_IDS
+    fed = np.stack([ShardDataset(rows, cfg["image_size"])[i][0].numpy() for i in range(len(rows))])
+    # export: the ensemble of that checkpoint, its sample made as the export job makes it.
+    module = EnsembleModule.from_checkpoints([[root / "best.pt"]], [1.0], VIEWS, "mean")
+    assert module.image_size == size
+    folder = root / "pkg"
+    thresholds = np.full(28, 0.5)
+    write_package(folder, module, size, SETTINGS, thresholds, METRICS, ["m"], 1, fed, shard_size=SIZE)
+    return Resized(size, folder, fields, fed, probs)
+
+
+def classify_shards(package: Path, fields: Path, out: Path) -> list[str]:
+    """What the classify_shard job writes: the fields sharded at the package's shard size (classify_shard.py)."""
+    spec = ShardSpec(
+        dataset="new", fmt="png", images_dir=str(fields), role="test", image_size=Package(package).shard_size
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_shard(out / "0.h5", spec, FIELD_IDS[:2], None, 0)
+    write_shard(out / "1.h5", spec, FIELD_IDS[2:], None, 1)
+    return [str(out / "0.h5"), str(out / "1.h5")]
+
+
+def test_classify_feeds_the_graph_exactly_what_predict_fed_the_model(resized, tmp_path):
+    """A model whose image_size differs from the shards' (larger, and smaller): a field classified from its
+    channel files reaches the graph as the very uint8 tensor predict's ShardDataset gave the model (shards at
+    32 px by the shard code, rows resized by transforms.resize), and its probabilities are predict's."""
+    package = Package(resized.folder)
+    assert package.sizes() == (SIZE, resized.size)
+    shards = classify_shards(resized.folder, resized.fields, tmp_path / "shards")
+    rows = np.concatenate([read_shard(f).images for f in shards])
+    assert rows.shape == (3, SIZE, SIZE, 4)
+    fed = model_input(rows, resized.size)
+    assert fed.dtype == np.uint8 and fed.shape == (3, 4, resized.size, resized.size)
+    assert np.abs(fed.astype(int) - resized.predict_rows.astype(int)).max() == 0
+    # What classify fed the graph before: the channel files resized straight to the model's size (INTER_AREA).
+    straight = np.stack([read_rgby(resized.fields, i, "png", resized.size) for i in FIELD_IDS]).transpose(0, 3, 1, 2)
+    assert np.abs(straight.astype(int) - resized.predict_rows.astype(int)).max() > 0
+    table = run_classify(shards, resized.folder, tmp_path / "predictions.csv", threads=1, batch_size=2)
+    assert table.Id.tolist() == FIELD_IDS
+    assert np.abs(table[list(CLASS_NAMES)].to_numpy() - resized.predict_probs).max() <= 1e-5
+    # The bioimage.io test input is the same kind of tensor: predict's rows for the model.
+    np.testing.assert_array_equal(np.load(resized.folder / "test_input.npy"), resized.predict_rows[:2])
+
+
+def test_preprocessing_json_names_the_resizes_the_code_does(resized, monkeypatch):
+    """preprocessing.json gives both sizes and the interpolations the code uses, read from its constants: the
+    shards' INTER_AREA (shrinking and enlarging), then predict's INTER_LINEAR to enlarge or INTER_AREA to shrink."""
+    resize = json.loads((resized.folder / "preprocessing.json").read_text())["resize"]
+    expected = "cv2.INTER_LINEAR" if resized.size > SIZE else "cv2.INTER_AREA"
+    assert {k: resize[k] for k in ("shard_size", "shard_interpolation", "size", "interpolation")} == {
+        "shard_size": SIZE,
+        "shard_interpolation": "cv2.INTER_AREA",
+        "size": resized.size,
+        "interpolation": expected,
+    }
+    assert preprocessing(SIZE, [], SIZE)["resize"]["interpolation"] is None  # same size: no resize
+    # One source: the constant that resizes the rows is the one named.
+    monkeypatch.setattr(transforms, "ENLARGE", cv2.INTER_CUBIC)
+    monkeypatch.setattr(transforms, "SHRINK", cv2.INTER_NEAREST)
+    assert preprocessing(48, [], SIZE)["resize"]["interpolation"] == "cv2.INTER_CUBIC"
+    assert preprocessing(24, [], SIZE)["resize"]["interpolation"] == "cv2.INTER_NEAREST"
+    row = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(transforms.resize(row, 48), cv2.resize(row, (48, 48), interpolation=cv2.INTER_CUBIC))
+
+
+def test_a_package_without_its_shard_size_is_refused_with_a_re_export_hint(tiny, tmp_path):
+    """A package from an older export (preprocessing.json with resize.size only, the manifest matching) is refused
+    before anything is sharded or predicted: PackageError naming preprocessing.json and saying to re-export."""
+    folder = copied(tiny, tmp_path / "pkg")
+    pre = json.loads((folder / "preprocessing.json").read_text())
+    pre["resize"] = {"size": SIZE, "interpolation": "cv2.INTER_AREA to shrink, cv2.INTER_LINEAR to enlarge"}
+    (folder / "preprocessing.json").write_text(json.dumps(pre))
+    write_manifest(folder)
+    package = Package(folder)
+    package.verify()
+    message = r"preprocessing\.json gives no resize\.shard_size .* older export; re-export the package"
+    for read in (lambda: package.shard_size, lambda: package.image_size):
+        with pytest.raises(PackageError, match=message):
+            read()
+    with pytest.raises(PackageError, match=message):
+        run_classify(write_shards(tiny, tmp_path), folder, tmp_path / "p.csv", threads=1, batch_size=2)
+    assert not (tmp_path / "p.csv").exists()
 
 
 # --- pictures, config ------------------------------------------------------------------------------------
@@ -385,6 +543,7 @@ def test_config_strings_from_the_command_line_become_numbers_and_null():
     a string that spells no number stays, and validation names its key."""
     demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     given = {"name": "007", "images": "12", "format": "png", "bits": "12", "package": "null", "batch_size": "4"}
+    given["shard_size"] = "5"
     cfg = validate_config({**copy.deepcopy(demo), "classify": dict(given)}, SCHEMA)
     assert cfg["classify"] == {
         "name": "007",  # string keys stay strings, even when they look like numbers
@@ -393,6 +552,7 @@ def test_config_strings_from_the_command_line_become_numbers_and_null():
         "bits": 12,
         "package": None,
         "batch_size": 4,
+        "shard_size": 5,
     }
     schema = yaml.safe_load(SCHEMA.read_text())
     assert coerce_strings({"classify": {**given, "package": "~"}}, schema, schema)["classify"]["package"] is None
@@ -452,6 +612,20 @@ def test_snakemake_classify_writes_predictions_and_gallery(tiny, tmp_path):
     failed = run_snakemake(wf, "classify", *classify_config("plate1", "new", tiny.zip), check=False)
     assert failed.returncode != 0 and "11_red.png" in failed.stdout + failed.stderr
     assert not (out / "predictions.csv").exists() and not (out / "gallery.png").exists()
+
+
+def test_snakemake_classify_shards_at_the_packages_shard_size(resized, tmp_path):
+    """`snakemake classify` with a package whose model takes another size than its shards: the shard job writes
+    the fields at the shard size (as training shards), and predictions.csv holds predict's probabilities."""
+    wf = copy_workflow(tmp_path / "wf")
+    shutil.copytree(resized.fields, wf / "new")
+    run_snakemake(wf, "classify", *classify_config("plate1", "new", resized.folder))
+    out = wf / "results" / "classify" / "plate1"
+    with h5py.File(out / "shards" / "0.h5", "r") as h5:
+        assert h5.attrs["image_size"] == SIZE
+    table = pd.read_csv(out / "predictions.csv", dtype={"Id": str}, keep_default_na=False)
+    assert table.Id.tolist() == FIELD_IDS
+    assert np.abs(table[list(CLASS_NAMES)].to_numpy() - resized.predict_probs).max() <= 1e-5
 
 
 def empty_folder(wf: Path, tiny: Tiny):
@@ -520,3 +694,84 @@ def test_a_manifest_without_its_file_table_is_named(tiny, tmp_path):
         (folder / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(PackageError, match=r"manifest\.json has no `files` mapping"):
             Package(folder)
+
+
+# --- sources are what they are now (issue 20) -------------------------------------------------------------
+
+
+def predicted_ids(wf: Path, name: str) -> list[str]:
+    table = pd.read_csv(wf / "results/classify" / name / "predictions.csv", dtype={"Id": str}, keep_default_na=False)
+    return table.Id.tolist()
+
+
+def test_the_same_name_on_another_folder_never_reports_the_old_folders_predictions(tiny, tmp_path):
+    """plate42 on folder A, then on folder B: B's listing decides the shards, so they rerun. A broken symlink
+    in B stops the planning, named (before, Snakemake took A's shard as a source file: "Nothing to be done").
+    A file name with braces is a field like any other (before: read as a wildcard)."""
+    wf = copy_workflow(tmp_path / "wf")
+    write_fields(wf / "a", ["a1", "a2"])
+    run_snakemake(wf, "classify", *classify_config("plate42", "a", tiny.zip))
+    assert predicted_ids(wf, "plate42") == ["a1", "a2"]
+    write_fields(wf / "b", ["b1", "{ctrl}"], seed=1)
+    (wf / "b" / "b2_red.png").symlink_to(wf / "b" / "gone.png")
+    for color in ("green", "blue", "yellow"):
+        shutil.copy(wf / "b" / f"b1_{color}.png", wf / "b" / f"b2_{color}.png")
+    broken = run_snakemake(wf, "classify", *classify_config("plate42", "b", tiny.zip), check=False)
+    log = broken.stdout + broken.stderr
+    assert broken.returncode != 0 and "Nothing to be done" not in log
+    assert re.search(r"classify\.images: b: 1 channel file\(s\) cannot be read: .*b/b2_red\.png \(broken", log), log
+    (wf / "b" / "b2_red.png").unlink()
+    shutil.copy(wf / "b" / "b1_red.png", wf / "b" / "b2_red.png")
+    run_snakemake(wf, "classify", *classify_config("plate42", "b", tiny.zip))
+    assert predicted_ids(wf, "plate42") == ["b1", "b2", "{ctrl}"]
+    # Nothing changed: nothing reruns; back on folder A: A's fields again.
+    again = run_snakemake(wf, "classify", *classify_config("plate42", "b", tiny.zip))
+    assert "Nothing to be done" in again.stdout + again.stderr
+    run_snakemake(wf, "classify", *classify_config("plate42", "a", tiny.zip))
+    assert predicted_ids(wf, "plate42") == ["a1", "a2"]
+
+
+def test_extensions_match_in_any_case_and_dot_files_are_ignored(tiny, tmp_path):
+    """`.PNG` beside `.png` (before: only the `.png` Ids, exit 0), a macOS `._` file and a subfolder."""
+    wf = copy_workflow(tmp_path / "wf")
+    new = write_fields(wf / "new", ["lower", "upper"])
+    for color in ("red", "green", "blue", "yellow"):
+        (new / f"upper_{color}.png").rename(new / f"upper_{color}.PNG")
+    (new / "._lower_red.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (new / "thumbs").mkdir()
+    run_snakemake(wf, "classify", *classify_config("mixed", "new", tiny.folder))
+    assert predicted_ids(wf, "mixed") == ["lower", "upper"]
+    log = (wf / "logs/classify/mixed/shard0.log").read_text()
+    assert "new: 2 Ids; ignored 1 dot-file(s), 1 subfolder(s)" in log
+
+
+def test_a_replaced_package_reruns_whatever_its_mtime_and_is_never_rebuilt(tiny, tmp_path):
+    """The package's content decides (its manifest, checked file by file at every planning): one copied with
+    an older mtime (`cp -p`) over the first reruns the predictions. A package given inside results/export is
+    no input of the workflow's export: a config change does not rebuild (overwrite) it."""
+    wf = copy_workflow(tmp_path / "wf")
+    write_fields(wf / "new", ["f"])
+    pkg = wf / "results/export/hpa_classifier"
+    shutil.copytree(tiny.folder, pkg)
+    run_snakemake(wf, "classify", *classify_config("p", "new", pkg))
+    # Another package (other thresholds, manifest rewritten), copied in with an mtime older than the outputs.
+    other = copied(tiny, tmp_path / "other")
+    edit_thresholds(other)
+    write_manifest(other)
+    old = (wf / "results/classify/p/predictions.csv").stat().st_mtime - 3600
+    for f in other.iterdir():
+        os.utime(f, (old, old))
+    shutil.rmtree(pkg)
+    shutil.copytree(other, pkg, copy_function=shutil.copy2)  # cp -p: the old mtimes
+    planned = run_snakemake(wf, "-n", "classify", *classify_config("p", "new", pkg))
+    assert "export" not in plan(planned) and plan(planned)["classify_predict"] == "1", planned.stdout[-2000:]
+    run_snakemake(wf, "classify", *classify_config("p", "new", pkg))
+    assert (wf / "results/classify/p/predictions.csv").stat().st_mtime > old + 3600
+    assert "Nothing to be done" in run_snakemake(wf, "-n", "classify", *classify_config("p", "new", pkg)).stdout
+    # A config change that would rebuild the workflow's own export plans no export for a given package.
+    changed = run_snakemake(wf, "-n", "classify", *classify_config("p", "new", pkg), "thresholds={shrink: 3}")
+    assert "Nothing to be done" in changed.stdout + changed.stderr
+    # An edited file under an unchanged manifest is refused at planning, named.
+    (pkg / "thresholds.json").write_text((pkg / "thresholds.json").read_text() + " ")
+    refused = run_snakemake(wf, "-n", "classify", *classify_config("p", "new", pkg), check=False)
+    assert refused.returncode != 0 and "thresholds.json does not match manifest.json" in refused.stdout + refused.stderr

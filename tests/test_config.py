@@ -167,7 +167,7 @@ def edited(**changes):
         ({"n_folds": True}, r"n_folds: True is not of type 'integer'"),
         ({"models": []}, r"^  models: \[\] should be non-empty"),
         ({"models": None}, r"'models' is a required property"),
-        ({"datasets__1__bits": 8}, r"datasets\[1\]\.bits: 8 is less than the minimum of 9"),
+        ({"datasets__1__bits": 7}, r"datasets\[1\]\.bits: 7 is less than the minimum of 8"),
     ],
 )
 def test_errors_name_the_key(changes, message):

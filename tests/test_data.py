@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from hpaflow import h5names as h5n
 from hpaflow.augment import prepare_batch
 from hpaflow.data import ShardDataset, ShardRows, fold_of, make_sampler, rare_class_weights
 from hpaflow.transforms import IDENTITY, MEAN, STD
@@ -16,6 +17,7 @@ from hpaflow.transforms import IDENTITY, MEAN, STD
 def tiny_shard(path, ids, images, labels=None):
     with h5py.File(path, "w") as h5:
         h5.create_dataset("images", data=images, chunks=(1,) + images.shape[1:])
+        h5.attrs[h5n.FORMAT] = h5n.SHARD_FORMAT
         h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
         if labels is not None:
             h5.create_dataset("labels", data=labels)

@@ -15,13 +15,14 @@ import pytest
 import scipy.fftpack
 from PIL import Image
 
-from conftest import DATA
+from conftest import DATA, SHARED, needs_shared
 from hpaflow import duplicates
 from hpaflow.demo import DemoSpec, make_demo, render, sample_label_sets
 from hpaflow.duplicates import (
     PAIR_COLUMNS,
     DuplicateSettings,
     Fields,
+    antibodies,
     antibody,
     class_spread,
     components,
@@ -33,6 +34,7 @@ from hpaflow.duplicates import (
     train_groups,
 )
 from hpaflow.folds import assign_folds, folds_table, group_folds
+from hpaflow.h5names import FormatError
 from hpaflow.hashing import phash, phash_rgby
 from hpaflow.io import read_rgby
 from hpaflow.labels import LabelTable, encode, read_labels
@@ -40,6 +42,7 @@ from hpaflow.shards import ShardSpec, read_fields, read_shard, shard_hashes, wri
 
 ALL = ["red", "green", "blue", "yellow"]
 DEFAULT = DuplicateSettings(12, ALL, True, "group")  # the schema's defaults
+HPAV18 = {"hpav18": "hpav18"}  # datasets[].id_format as config/config.yaml sets it
 
 
 def reference(plane: np.ndarray) -> int:
@@ -214,6 +217,9 @@ def test_components_number_each_node_by_its_smallest_member():
     [
         ("10580_1610_C1_1", "10580"),
         ("1000_245_F8_1", "1000"),
+        ("63683_si35_H1_11", "63683"),  # an siRNA plate
+        ("11651_1732_F3_13_cr580610dc203b9", "11651"),  # a crop suffix
+        ("11651_1732_F3_13_cr", None),
         ("89_B5_1", None),  # no plate
         ("10580_1610_C1", None),
         ("10580_1610_C1_1_x", None),
@@ -223,6 +229,30 @@ def test_components_number_each_node_by_its_smallest_member():
 )
 def test_antibody_of_hpav18_ids_only(image_id, want):
     assert antibody(image_id) == want
+
+
+@needs_shared
+def test_every_real_hpav18_id_names_its_antibody():
+    """All 74,606 Ids of HPAv18RBGY_wodpl.csv (siRNA plates and crop suffixes included): 12,815 antibodies
+    of at most 16 fields, each the Id's first number."""
+    ids = pd.read_csv(SHARED / "hpa" / "HPAv18RBGY_wodpl.csv")["Id"].to_numpy()
+    got = antibodies(ids, np.full(len(ids), "hpav18"), HPAV18)
+    assert got.tolist() == [i.split("_")[0] for i in ids]
+    assert len(set(got)) == 12815 and pd.Series(got).value_counts().max() == 16
+
+
+def test_antibodies_only_where_the_dataset_declares_hpav18_ids():
+    """A lab's Ids that merely look like HPAv18 ones (plain, or no id_format given) name no antibody; a
+    declared dataset's Id that does not follow the pattern, or an unknown id_format, is an error naming it."""
+    ids = np.array(["7_1_A1_1", "7_1_A1_2", "10_2_B2_1", "k0"])
+    datasets = np.array(["lab", "lab", "hpa", "kaggle"])
+    assert antibodies(ids, datasets, {}).tolist() == [None] * 4
+    assert antibodies(ids, datasets, {"lab": "plain", "hpa": "hpav18"}).tolist() == [None, None, "10", None]
+    assert antibodies(ids, datasets, {"lab": "hpav18", "hpa": "hpav18"}).tolist() == ["7", "7", "10", None]
+    with pytest.raises(ValueError, match=r"^dataset kaggle \(id_format: hpav18\): Id 'k0' is not \{antibody\}_"):
+        antibodies(ids, datasets, {"kaggle": "hpav18"})
+    with pytest.raises(ValueError, match=r"^dataset lab: id_format 'hpa' is not one of plain, hpav18$"):
+        antibodies(ids, datasets, {"lab": "hpa"})
 
 
 def fields_table(rows):
@@ -309,10 +339,11 @@ def test_train_groups_join_pairs_chains_and_antibodies():
             ("k0", "kaggle", "gone", "other", "train-train", True),
         ]
     )
-    assert train_groups(ids, pairs, True).tolist() == [0, 1, 2, 1, 2, 2, 6, 1, 6]
-    assert train_groups(ids, pairs, False).tolist() == [0, 1, 2, 1, 4, 2, 6, 1, 8]
-    assert train_groups(ids, pairs.iloc[:0], False).tolist() == list(range(9))
-    assert train_groups(ids, pairs.iloc[:0], True).tolist() == [0, 1, 2, 3, 4, 4, 6, 7, 6]
+    antibody_of = np.array([antibody(i) for i in ids], object)
+    assert train_groups(ids, pairs, antibody_of).tolist() == [0, 1, 2, 1, 2, 2, 6, 1, 6]
+    assert train_groups(ids, pairs, None).tolist() == [0, 1, 2, 1, 4, 2, 6, 1, 8]
+    assert train_groups(ids, pairs.iloc[:0], None).tolist() == list(range(9))
+    assert train_groups(ids, pairs.iloc[:0], antibody_of).tolist() == [0, 1, 2, 3, 4, 4, 6, 7, 6]
 
 
 def test_external_copies_are_external_rows_paired_with_a_non_external_train_row():
@@ -435,10 +466,11 @@ def test_group_policy_keeps_every_group_in_one_fold(grouped_data):
     train_groups; classes stay within a few images of even (iterative stratification and swaps of
     single rows), as without groups."""
     tables, pairs, hpa = grouped_data
-    df = folds_table(tables, 3, 0, pairs, DEFAULT)
+    df = folds_table(tables, 3, 0, pairs, DEFAULT, id_formats=HPAV18)
     assert list(df.columns) == ["Id", "dataset", "fold", "group"]
     assert set(df["fold"]) == {0, 1, 2}
-    assert np.array_equal(df["group"], train_groups(df["Id"].to_numpy(), pairs, True))
+    antibody_of = np.array([antibody(i) for i in df["Id"]], object)
+    assert np.array_equal(df["group"], train_groups(df["Id"].to_numpy(), pairs, antibody_of))
     fold = dict(zip(df["Id"], df["fold"]))
     for members in [
         ["k001", "t05", hpa[30], hpa[31], hpa[32]],
@@ -460,9 +492,11 @@ def test_group_policy_keeps_every_group_in_one_fold(grouped_data):
     assert spread.max() <= 3, spread
     assert np.abs(np.bincount(df["fold"]) - len(df) / 3).max() <= 3
     # Without antibody groups only the pairs join rows.
-    plain = folds_table(tables, 3, 0, pairs, DuplicateSettings(12, ALL, False, "group"))
+    plain = folds_table(tables, 3, 0, pairs, DuplicateSettings(12, ALL, False, "group"), id_formats=HPAV18)
     assert plain["group"].value_counts().max() == 3
     assert plain.groupby("group")["fold"].nunique().max() == 1
+    # Nor when no dataset declares HPAv18 Ids (the default, plain): the same groups.
+    assert folds_table(tables, 3, 0, pairs, DEFAULT).equals(plain)
 
 
 def test_group_folds_places_the_largest_groups_first():
@@ -520,7 +554,7 @@ def test_drop_external_leaves_out_exactly_the_external_copies(grouped_data):
     (both external) stay; the rest keeps its groups whole, and every kept row has a fold."""
     tables, pairs, hpa = grouped_data
     settings = DuplicateSettings(12, ALL, True, "drop_external")
-    df = folds_table(tables, 3, 0, pairs, settings, frozenset({"hpav18"}))
+    df = folds_table(tables, 3, 0, pairs, settings, frozenset({"hpav18"}), HPAV18)
     assert sorted(df.loc[df["fold"] < 0, "Id"]) == sorted([hpa[30], hpa[0], hpa[4], hpa[13]])
     assert (df["fold"] == -1).sum() == 4
     kept = df[df["fold"] >= 0]
@@ -530,12 +564,12 @@ def test_drop_external_leaves_out_exactly_the_external_copies(grouped_data):
     assert fold["k001"] == fold["t05"] == fold[hpa[31]] == fold[hpa[32]]  # the chain, through a dropped copy
     assert fold[hpa[20]] == fold[hpa[50]] >= 0
     # The groups are those of policy group; only the dropped rows lose their fold.
-    grouped = folds_table(tables, 3, 0, pairs, DEFAULT, frozenset({"hpav18"}))
+    grouped = folds_table(tables, 3, 0, pairs, DEFAULT, frozenset({"hpav18"}), HPAV18)
     assert np.array_equal(df["group"], grouped["group"])
     assert leak_report(pairs, df, settings)["dropped_external"] == 4
     assert leak_report(pairs, df, settings)["pairs_split_across_folds"] == 0
     # Nothing external: nothing dropped.
-    assert (folds_table(tables, 3, 0, pairs, settings)["fold"] >= 0).all()
+    assert (folds_table(tables, 3, 0, pairs, settings, id_formats=HPAV18)["fold"] >= 0).all()
 
 
 # --- the demo's planted duplicates, through shards ------------------------------------------------------
@@ -628,17 +662,17 @@ def test_demo_planted_duplicates_are_found(demo):
             assert (hpa.labels[rows] == hpa.labels[rows[0]]).all()
     n_rest = DEMO.n_jpg - DEMO.dup_external
     assert len(by_antibody) == DEMO.dup_external + n_rest // DEMO.antibody_fields
-    groups = train_groups(np.array(hpa.ids), table.iloc[:0], True)
+    hpa_ids = np.array(hpa.ids)
+    groups = train_groups(hpa_ids, table.iloc[:0], antibodies(hpa_ids, np.full(len(hpa_ids), "hpav18"), HPAV18))
     assert (
         np.bincount(np.unique(groups, return_inverse=True)[1]).tolist().count(DEMO.antibody_fields)
         == n_rest // DEMO.antibody_fields
     )
 
 
-def test_shard_stores_the_phash_of_each_row_and_old_shards_get_it_computed(demo, tmp_path):
-    """write_shard's hashes are phash_rgby of the rows it stores (and of read_rgby at image_size);
-    shard_hashes of a copy without them computes the same; a tiled shard repeats its image's hashes
-    per tile, and without them cannot be hashed."""
+def test_shard_stores_the_phash_of_each_row_and_old_shards_are_refused(demo, tmp_path):
+    """write_shard's hashes are phash_rgby of the rows it stores (and of read_rgby at image_size); a shard
+    of an older format is refused (no hashing on the fly); a tiled shard repeats its image's hashes per tile."""
     root, shards = demo
     for split, path in shards.items():
         shard = read_shard(path)
@@ -649,13 +683,14 @@ def test_shard_stores_the_phash_of_each_row_and_old_shards_get_it_computed(demo,
         fmt = SPLITS[split][0]
         assert np.array_equal(stored[0], phash_rgby(read_rgby(root / split, ids[0], fmt, 64)))
         assert len({tuple(h) for h in stored.tolist()}) == len(ids)  # distinct fields, distinct hashes
+        # A shard of the format before stored hashes: refused with what to rerun, not hashed on the fly.
         old = tmp_path / f"{split}.h5"
         shutil.copy(path, old)
         with h5py.File(old, "a") as h5:
             del h5["hashes"]
-        again_ids, again = shard_hashes(old)
-        assert again_ids.tolist() == ids.tolist() and again.dtype == np.uint64
-        assert np.array_equal(again, stored), split
+            h5.attrs["format_version"] = 1
+        with pytest.raises(FormatError, match="a shard file of format 1; this workflow reads format 2"):
+            shard_hashes(old)
     # Tiles: 2 x 2 of 32 px per 64 px image, each row carrying the whole image's hashes.
     table = read_labels(str(root / "train.csv"), True)
     tiled = tmp_path / "tiled.h5"
@@ -665,10 +700,6 @@ def test_shard_stores_the_phash_of_each_row_and_old_shards_get_it_computed(demo,
     assert row_ids.tolist() == [i for i in ids for _ in range(4)]
     assert np.array_equal(hashes, np.repeat(shard_hashes(shards["train"])[1][:5], 4, axis=0))
     assert np.array_equal(read_fields([str(tiled)]).hashes, hashes[::4])
-    with h5py.File(tiled, "a") as h5:
-        del h5["hashes"]
-    with pytest.raises(ValueError, match="a tiled shard without hashes"):
-        shard_hashes(tiled)
 
 
 def test_read_fields_one_row_per_field_with_its_dataset_role_and_labels(demo):
@@ -689,12 +720,12 @@ def test_demo_folds_keep_planted_pairs_together_and_drop_external_removes_the_pl
     table = pairs_table(read_fields([str(p) for p in shards.values()]), DEFAULT, threads=2)
     truth = pd.read_csv(root / "duplicates_truth.csv")
     tables = {s: read_labels(str(root / csv), True) for s, (_, role, csv) in SPLITS.items() if role == "train"}
-    grouped = folds_table(tables, 3, 0, table, DEFAULT, frozenset({"hpav18"}))
+    grouped = folds_table(tables, 3, 0, table, DEFAULT, frozenset({"hpav18"}), HPAV18)
     fold = dict(zip(grouped["Id"], grouped["fold"]))
     for a, b in truth.loc[truth["kind"] == "train-train", ["id_a", "id_b"]].values:
         assert fold[a] == fold[b] >= 0
     assert (grouped.groupby("group")["fold"].nunique() == 1).all()
-    dropped = folds_table(tables, 3, 0, table, replace(DEFAULT, policy="drop_external"), frozenset({"hpav18"}))
+    dropped = folds_table(tables, 3, 0, table, replace(DEFAULT, policy="drop_external"), frozenset({"hpav18"}), HPAV18)
     left_out = set(dropped.loc[dropped["fold"] < 0, "Id"])
     assert left_out == set(truth.loc[truth["split_b"] == "hpav18", "id_b"])
     assert set(dropped.loc[dropped["fold"] >= 0, "fold"]) == {0, 1, 2}

@@ -80,7 +80,7 @@ def test_requirements_carry_the_mandated_pins():
 # these are imported too when the closure is recorded.
 LAZY_IMPORTS = {
     "hpaflow.models": ["torchvision", "pretrainedmodels"],  # imported by the backbone builders
-    "hpaflow.export": ["onnxscript", "onnx", "onnxruntime"],  # torch.onnx's dynamo exporter; the check
+    "hpaflow.export": ["onnxscript", "onnx", "onnxruntime", "bioimageio.spec"],  # dynamo exporter; checks
 }
 # Modules that packages import only where installed (try/except ImportError): found in a closure
 # because the test venv has them, needed only where a script says so below.
@@ -89,12 +89,14 @@ OPTIONAL = {
     "psutil": "joblib's loky backend",
     "rich": "scikit-learn's progress bar callback",
     "imagecodecs": "tifffile, to decode compressed (LZW, deflate, ...) TIFFs",
+    "attr": "rich's pretty printer, for attrs classes (bioimageio.spec)",
+    "click": "httpx's command-line client (bioimageio.spec)",
+    "linkify_it": "markdown-it's linkify option (bioimageio.spec)",
 }
 # Modules a script's work needs beyond its imports: the shard jobs decode TIFFs and hash planes.
 SCRIPT_NEEDS = {
     "workflow_scripts/shard.py": ["imagecodecs", "hpaflow.hashing"],
     "workflow_scripts/classify_shard.py": ["imagecodecs", "hpaflow.hashing"],
-    "workflow_scripts/duplicates.py": ["hpaflow.hashing"],  # hashes of shards written before they were stored
 }
 # Distributions a script needs as programs, not imports.
 PROGRAMS = {"workflow_scripts/download_kaggle.py": ["kaggle"]}
@@ -159,7 +161,8 @@ def third_party(modules: list[str], script: str) -> dict[str, str]:
         optional = top in OPTIONAL and top not in SCRIPT_NEEDS.get(script, [])
         if top in sys.stdlib_module_names or top in ("hpaflow", "__main__") or optional or top not in dists:
             continue
-        out[top] = norm(dists[top][0])
+        # A namespace package (bioimageio) spans distributions: the one named as an imported module, if any.
+        out[top] = norm(next((d for d in dists[top] if norm(d) in {norm(m) for m in modules}), dists[top][0]))
     return out
 
 

@@ -3,15 +3,31 @@ the exported graph (onnxruntime, CPU) computes what the module computes, for any
 
 from __future__ import annotations
 
+import copy
 import re
 
+import httpx
 import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
 
+from conftest import REPO
+from hpaflow.config import ConfigError, check_exportable, validate_config
 from hpaflow.ensemble import weighted_mean
-from hpaflow.export import EnsembleModule, check_onnx, export_onnx, member_weights
+from hpaflow.export import (
+    UNWRITTEN,
+    EnsembleModule,
+    ExportError,
+    ExportSettings,
+    bioimageio_rdf,
+    check_onnx,
+    check_rdf,
+    export_onnx,
+    member_weights,
+    write_package,
+)
 from hpaflow.models import build_model
 from hpaflow.predict import combine, load_checkpoint, load_model, predict_probs
 from hpaflow.transforms import CHANNELS
@@ -26,7 +42,7 @@ def checkpoint(path, color_mode: str, seed: int) -> str:
     torch.manual_seed(seed)
     model = build_model("resnet18", CHANNELS[color_mode])
     cfg = {"name": path.parent.name, "backbone": "resnet18", "color_mode": color_mode, "image_size": SIZE}
-    torch.save({"model": model.state_dict(), "config": cfg, "train_ids": ["a"]}, path)
+    torch.save({"format_version": 1, "model": model.state_dict(), "config": cfg, "train_ids": ["a"]}, path)
     return str(path)
 
 
@@ -134,3 +150,95 @@ def test_members_of_different_image_sizes_are_refused(checkpoints, tmp_path):
     torch.save(state, tmp_path / "best.pt")
     with pytest.raises(ValueError, match=re.escape("the members' image sizes differ ([32, 64])")):
         EnsembleModule.from_checkpoints([checkpoints[0], [str(tmp_path / "best.pt")]], WEIGHTS, VIEWS, "mean")
+
+
+# --- what export refuses before it writes, or before anything is trained ----------------------------------
+
+SCHEMA = REPO / "config" / "schemas" / "config.schema.yaml"
+METRICS = {
+    "n_train": 10,
+    "ensemble": {"f1_cross_fitted": 0.3, "f1_at_0.5": 0.2, "final_method": "per_class"},
+    "prior_baseline": {"f1": 0.05},
+}
+
+
+def demo_config(**changes) -> dict:
+    config = copy.deepcopy(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    config.update(changes)
+    return validate_config(config, SCHEMA)
+
+
+def settings(license: str) -> ExportSettings:
+    return ExportSettings(VIEWS, "mean", True, [], ["A B"], license)
+
+
+def test_check_exportable_names_the_key_export_cannot_take():
+    """Planning stops on what one ONNX graph cannot be: tiled models, or models of different input sizes (a model
+    without image_size takes the shards' image_size); a config it can export passes."""
+    models = [{"name": "a", "backbone": "resnet18"}, {"name": "b", "backbone": "resnet18"}]
+    check_exportable(demo_config(models=copy.deepcopy(models)))
+    same = [{**models[0], "image_size": 64}, models[1]]  # 64 given and 64 from image_size: one size
+    check_exportable(demo_config(models=same))
+    with pytest.raises(ConfigError, match=r"^tiling: grid cannot be exported: the ONNX graph scores whole images"):
+        check_exportable(demo_config(tiling="grid", tile_size=32))
+    larger = [models[0], {**models[1], "image_size": 48}]
+    message = "models[1].image_size: 48 differs from models[0] (64, from image_size): one ONNX graph takes one size"
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        check_exportable(demo_config(models=larger))
+    first = [{**models[0], "image_size": 48}, models[1], {**models[1], "name": "c", "image_size": 48}]
+    message = "models[1].image_size: 64 (from image_size) differs from models[0] (48): one ONNX graph"
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        check_exportable(demo_config(models=first))
+
+
+def test_the_schema_takes_only_an_spdx_shaped_licence():
+    assert demo_config(export={"license": "CC-BY-4.0"})["export"]["license"] == "CC-BY-4.0"
+    with pytest.raises(ConfigError, match=r"export\.license: 'my own licence' does not match"):
+        demo_config(export={"license": "my own licence"})
+
+
+@pytest.fixture
+def offline(monkeypatch) -> list:
+    """No network: every HTTP request bioimageio.spec could make is recorded and refused."""
+    calls = []
+
+    def refuse(self, request, *args, **kwargs):
+        calls.append(str(request.url))
+        raise httpx.ConnectError("offline test", request=request)
+
+    monkeypatch.setattr(httpx.Client, "send", refuse)
+    return calls
+
+
+@pytest.mark.parametrize("license", ["my own licence", "MY-LICENCE-1.0"])
+def test_an_invalid_licence_stops_export_naming_the_field_and_writes_nothing(checkpoints, tmp_path, offline, license):
+    """A licence that is no SPDX id (a free text, or an id-shaped name that SPDX does not list) fails bioimage.io's
+    validation, offline, before anything is written: the error names `license`, and there is no package folder."""
+    module = EnsembleModule.from_checkpoints(checkpoints[:1], [1.0], VIEWS, "mean")
+    out = tmp_path / "export" / "hpa_classifier"
+    sample = images(2).numpy()
+    message = f"{out}: no package written: the package's bioimage.io description (rdf.yaml, format 0.5.4) fails "
+    message += f"bioimageio.spec's validation (export.license '{license}' is no SPDX licence id, e.g. CC-BY-4.0):"
+    with pytest.raises(ExportError, match="^" + re.escape(message)) as e:
+        write_package(out, module, SIZE, settings(license), np.full(28, 0.5), METRICS, ["m"], 2, sample, shard_size=64)
+    assert re.search(r"\n  license: Input should be '0BSD', .* \.\.\.$", str(e.value), re.S), str(e.value)
+    assert not out.exists() and not out.parent.exists()
+    assert offline == []
+
+
+def test_check_rdf_passes_a_valid_description_and_names_each_failing_field(offline):
+    """The package's description as export makes it is valid (format 0.5); fields bioimage.io refuses are named
+    with their place in the description (a list item by its index)."""
+    sha = dict.fromkeys(("ensemble.onnx", "test_input.npy", "test_output.npy", "thresholds.json"), UNWRITTEN)
+    sha |= dict.fromkeys(("classes.json", "preprocessing.json"), UNWRITTEN)
+    rdf = bioimageio_rdf(SIZE, settings("CC-BY-4.0"), METRICS, sha)
+    check_rdf(rdf)
+    bad = copy.deepcopy(rdf)
+    del bad["name"]
+    bad["inputs"][0]["axes"][2]["size"] = -1
+    with pytest.raises(ExportError) as e:
+        check_rdf(bad)
+    fields = [line.split(":")[0].strip() for line in str(e.value).splitlines()[1:]]
+    assert fields == ["name", "inputs[0].axes[2].size"], str(e.value)
+    assert "license" not in str(e.value)
+    assert offline == []

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from hpaflow.files import atomic_path
 
 
@@ -48,7 +49,9 @@ def test_temporary_of_a_killed_writer_is_removed_by_the_next_write(tmp_path: Pat
         "    tmp.write_bytes(b'x' * 1000)\n"
         "    os.kill(os.getpid(), 9)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code])
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO / "workflow_scripts")}
+    )
     assert proc.returncode == -9
     left = [p.name for p in tmp_path.iterdir()]
     assert len(left) == 1 and left[0].startswith(".0.h5.") and left[0].endswith(".tmp")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from conftest import SHARED, needs_shared
+from conftest import SHARED, TINY, copy_workflow, needs_shared, plan, run_snakemake, write_config
 from hpaflow.demo import sample_label_sets
+from hpaflow.duplicates import PAIR_COLUMNS, DuplicateSettings
 from hpaflow.folds import assign_folds, folds_table, rebalance
 from hpaflow.labels import LabelTable, encode, read_labels
 
@@ -272,3 +274,111 @@ def test_a_class_with_nothing_to_swap_does_not_stop_the_next_one():
     assert [int((out == k).sum()) for k in (0, 1)] == [6, 2]
     assert [int(y[out == k, 1].sum()) for k in (0, 1)] == [3, 1]
     assert [int(y[out == k, 0].sum()) for k in (0, 1)] == [6, 2]
+
+
+# --- folds that can be trained: groups, empty folds, classes kept out of a fold ---------------------------
+
+GROUP = DuplicateSettings(12, ["red", "green", "blue", "yellow"], True, "group")  # the schema's defaults
+NO_PAIRS = pd.DataFrame(columns=PAIR_COLUMNS)
+
+
+def chain(ids):
+    """Train-train pairs joining ids[0]-ids[1]-...: one near-duplicate group."""
+    rows = [(a, "lab", b, "lab", *[0] * 4, "train-train", True) for a, b in zip(ids, ids[1:])]
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
+def test_lab_ids_that_look_like_hpav18_are_not_one_antibody():
+    """The issue's case: a lab's 40 fields `7_1_A1_{1..40}` (plain Ids, the default) are 40 groups, not
+    antibody 7, and fill 5 folds of about 8; the same Ids declared hpav18 are one antibody, an error."""
+    ids = [f"7_1_A1_{k}" for k in range(1, 41)]
+    df = folds_table({"lab": table(ids)}, 5, 0, NO_PAIRS, GROUP)
+    assert df["group"].tolist() == list(range(40))
+    sizes = np.bincount(df["fold"], minlength=5)
+    assert len(sizes) == 5 and sizes.min() >= 7 and sizes.max() <= 9, sizes
+    assert df.equals(folds_table({"lab": table(ids)}, 5, 0, NO_PAIRS, GROUP, id_formats={"lab": "plain"}))
+    with pytest.raises(ValueError, match=r"form 1 group \(largest: antibody 7, 40 images\)"):
+        folds_table({"lab": table(ids)}, 5, 0, NO_PAIRS, GROUP, id_formats={"lab": "hpav18"})
+
+
+def test_fewer_antibodies_than_folds_fails_naming_n_folds_the_groups_and_the_largest():
+    ids = [f"123_1_A1_{k}" for k in range(30)] + [f"{a}_2_B{a}_1{k}" for a in (7, 8) for k in range(5)]
+    message = (
+        "n_folds: 5 folds but the 40 train images form 3 groups (largest: antibody 123, 30 images); "
+        "a fold would be empty: lower n_folds to at most 3 or set duplicates.policy: off"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        folds_table({"hpav18": table(ids)}, 5, 0, NO_PAIRS, GROUP, id_formats={"hpav18": "hpav18"})
+    # 3 folds: one antibody each.
+    df = folds_table({"hpav18": table(ids)}, 3, 0, NO_PAIRS, GROUP, id_formats={"hpav18": "hpav18"})
+    assert sorted(np.bincount(df["fold"]).tolist()) == [5, 5, 30]
+
+
+def test_identical_images_are_one_group_and_fail_before_any_fold():
+    ids = [f"x{k:02d}" for k in range(40)]
+    message = "5 folds but the 40 train images form 1 group (largest: near-duplicates of x00, 40 images)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        folds_table({"lab": table(ids)}, 5, 0, chain(ids), GROUP)
+    # drop_external: only the kept rows count (x00-x09 copied by external e0-e9: 10 groups left, not 20).
+    pairs = pd.DataFrame(
+        [(f"x{k:02d}", "lab", f"e{k}", "ext", *[0] * 4, "train-train", True) for k in range(10)], columns=PAIR_COLUMNS
+    )
+    tables = {"lab": table(ids[:10]), "ext": table([f"e{k}" for k in range(10)], 1)}
+    drop = DuplicateSettings(12, GROUP.channels, True, "drop_external")
+    message = "11 folds but the 10 train images form 10 groups (largest: Id x00, 1 image)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        folds_table(tables, 11, 0, pairs, drop, frozenset({"ext"}))
+
+
+def test_too_few_images_without_groups_names_the_groups_too():
+    message = (
+        "n_folds: 5 folds but the 3 train images form 3 groups (largest: Id a0, 1 image); "
+        "a fold would be empty: lower n_folds to at most 3"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        folds_table({"a": table(["a0", "a1", "a2"])}, 5, 0)
+
+
+def test_a_class_kept_out_of_folds_by_its_groups_is_warned_about_per_class(caplog):
+    """Rods & rings (27) on the 6 fields of antibody 9 only, Cytoplasmic bodies (26) on 4 of them (fewer
+    than n_folds: no warning), Nucleoplasm (0) on 10 of 44 single fields that all have Nuclear bodies (5)
+    (in every fold): one warning, naming class 27 and the 4 folds that lack it."""
+    ids = [f"9_1_A1_{k}" for k in range(6)] + [f"{100 + k}_1_A1_1" for k in range(44)]
+    y = np.zeros((50, 28), np.uint8)
+    y[:6, 27] = 1
+    y[:4, 26] = 1
+    y[6:16, 0] = 1
+    y[6:, 5] = 1
+    with caplog.at_level("WARNING", logger="hpaflow"):
+        df = folds_table({"h": LabelTable("x.csv", tuple(ids), y)}, 5, 0, NO_PAIRS, GROUP, id_formats={"h": "hpav18"})
+    k = int(df["fold"][0])
+    assert (df["fold"][:6] == k).all()
+    others = ", ".join(str(f) for f in range(5) if f != k)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"class 27 (Rods & rings): 6 images but none in the validation of folds {others} "
+        "(its groups are too few or too large)"
+    ]
+    # Without groups the class reaches every fold: no warning.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hpaflow"):
+        folds_table({"h": LabelTable("x.csv", tuple(ids), y)}, 5, 0, NO_PAIRS, GROUP)
+    assert caplog.records == []
+
+
+def test_folds_rerun_when_id_format_decides_them_and_shards_do_not(tmp_path):
+    """The shipped hpav18 entry declares id_format hpav18; plain instead reruns the folds (not the shards);
+    with group_by_antibody false the id_format decides nothing."""
+    wf = copy_workflow(tmp_path / "wf")
+    assert [d.get("id_format") for d in TINY["datasets"]] == [None, None, "hpav18", None]
+    write_config(wf / "config/config.yaml", TINY)
+    run_snakemake(wf, "demo_data")
+    run_snakemake(wf, "preprocess", "folds")
+    plain = {"datasets": [{**d, "id_format": "plain"} for d in TINY["datasets"]]}
+    p = write_config(tmp_path / "plain.yaml", plain)
+    changed = run_snakemake(wf, "-n", "preprocess", "folds", "--configfile", str(p))
+    assert plan(changed) == {"folds": "1", "total": "1"}
+    off = {"duplicates": {"group_by_antibody": False}}
+    run_snakemake(wf, "preprocess", "folds", "--configfile", str(write_config(tmp_path / "off.yaml", off)))
+    both = write_config(tmp_path / "both.yaml", {**off, **plain})
+    again = run_snakemake(wf, "-n", "preprocess", "folds", "--configfile", str(both))
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, SHARED, TINY, copy_workflow, needs_shared, plan, run_snakemake, write_config
+from conftest import REPO, SHARED, TINY, copy_workflow, fake_weights, needs_shared, plan, run_snakemake, write_config
 
 VENV = REPO / ".venv-launcher"
 
@@ -67,7 +67,7 @@ def test_launcher_plans_the_full_scale_config(launcher, tmp_path):
     wf = copy_workflow(tmp_path / "wf")
     for name in ["train.csv", "sample_submission.csv", "HPAv18RBGY_wodpl.csv"]:
         shutil.copy(SHARED / "hpa" / name, tmp_path / name)
-    counts = plan(
-        launch(launcher, wf, "-n", "--configfile", "config/hpa_kaggle.yaml", "--config", f"data_root={tmp_path}")
-    )
-    assert counts["shard"] == "116" and counts["train"] == "15" and counts["total"] == "155", counts
+    weights = fake_weights(tmp_path / "pretrained")
+    config = ["--config", f"data_root={tmp_path}", f"pretrained_dir={weights}"]
+    counts = plan(launch(launcher, wf, "-n", "--configfile", "config/hpa_kaggle.yaml", *config))
+    assert counts["shard"] == "116" and counts["train"] == "15" and counts["total"] == "161", counts

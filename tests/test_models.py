@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hpaflow.models import BACKBONES, WeightsError, build_model
+from hpaflow.weights import WEIGHTS
 
 
 def imagenet_like_state(backbone: str, seed: int) -> dict:
@@ -22,7 +23,7 @@ def imagenet_like_state(backbone: str, seed: int) -> dict:
 def test_weights_load_from_hub_file_and_input_is_adapted(tmp_path, backbone):
     spec = BACKBONES[backbone]
     state = imagenet_like_state(backbone, 1)
-    torch.save(state, tmp_path / spec.files[0])
+    torch.save(state, tmp_path / WEIGHTS[backbone].files[0])
     conv_key = f"{spec.first_conv}.weight"
     head_key = f"{spec.head}.weight"
     assert state[head_key].shape[0] == 1000
@@ -68,3 +69,8 @@ def test_weights_of_another_architecture_rejected(tmp_path):
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
         build_model("vgg")
+
+
+def test_every_backbone_has_its_weight_files():
+    """The planning step reads weights.WEIGHTS (no torch there): one entry per backbone."""
+    assert list(WEIGHTS) == list(BACKBONES)

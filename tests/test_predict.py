@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from hpaflow.data import ShardRows
+from hpaflow.h5names import FormatError
 from hpaflow.models import build_model
 from hpaflow.predict import (
     LeakError,
@@ -53,7 +54,7 @@ def checkpoint(path, color_mode="gyb", **extra):
     torch.manual_seed(0)
     model = build_model("resnet18", CHANNELS[color_mode])
     cfg = {"name": "m", "backbone": "resnet18", "color_mode": color_mode, "image_size": 16}
-    torch.save({"model": model.state_dict(), "config": cfg, **extra}, path)
+    torch.save({"format_version": 1, "model": model.state_dict(), "config": cfg, **extra}, path)
     return str(path)
 
 
@@ -128,19 +129,24 @@ def test_out_of_fold_rows_the_model_was_trained_on_are_refused(tmp_path, fold, t
     assert not (tmp_path / "pred.h5").exists()
 
 
-def test_checkpoint_without_training_ids_is_refused(tmp_path):
+@pytest.mark.parametrize("version", [None, 0, 2])
+def test_checkpoint_of_another_format_is_refused_with_what_to_rerun(tmp_path, version):
+    """A checkpoint of another format (one before format versions recorded no training Ids, so its
+    out-of-fold predictions could not be checked for leaks) stops predict, named, with no output."""
     tiled_shards(tmp_path)
-    best = checkpoint(tmp_path / "best.pt")
+    best = checkpoint(tmp_path / "best.pt", train_ids=["a"], format_version=version)
+    found = "no format version" if version is None else f"format {version}"
     with pytest.raises(
-        LeakError,
+        FormatError,
         match="^"
         + re.escape(
-            f"{best}: records no training Ids (written by an older version), so its out-of-fold predictions "
-            "cannot be checked for leaks; delete it and rerun its train job"
+            f"{best}: a checkpoint file of {found}; this workflow reads format 1: delete it and rerun its train "
+            "job (snakemake --forcerun train)"
         )
         + "$",
     ):
         predict(tmp_path, best, 1)
+    assert not (tmp_path / "pred.h5").exists()
 
 
 LEAK_ADVICE = (

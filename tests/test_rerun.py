@@ -97,7 +97,7 @@ def test_changed_folds_or_labels_retrain_from_scratch(tmp_path, umask_022):
     table.to_csv(csv, index=False)
     run_snakemake(wf, f"{FOLD0}/best.pt")
     log = last_attempt(wf / "logs/train/m/fold0.log")
-    assert "is from another job (changed:" in log and "labels, shard contents): starting from scratch" in log, log
+    assert "is from another job (changed:" in log and "(changed: labels): starting from scratch" in log, log
     assert "resuming" not in log
     third = torch.load(wf / f"{FOLD0}/best.pt", weights_only=False)
     assert third["fingerprint"]["labels"] != second["fingerprint"]["labels"]

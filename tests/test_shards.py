@@ -9,15 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
+from hpaflow.data import ShardRows
+from hpaflow.h5names import FormatError
 from hpaflow.io import ImageError
 from hpaflow.layout import shard_count, shard_slice
-from hpaflow.shards import (
-    DIGEST_ATTR,
-    ShardSpec,
-    read_shard,
-    shard_digest,
-    write_shard,
-)
+from hpaflow.shards import ShardSpec, content_fingerprint, read_fields, read_shard, write_shard
 
 COLORS = ["red", "green", "blue", "yellow"]
 
@@ -107,28 +103,45 @@ def test_all_failures_are_listed(tmp_path):
     assert "x_red.png: missing file" in str(e.value) and "y_red.png: missing file" in str(e.value)
 
 
-def test_content_digest_covers_images_ids_and_labels(tmp_path):
+def test_content_fingerprint_follows_ids_and_pixels_not_shard_boundaries_or_codec(tmp_path):
     ids = [f"i{k}" for k in range(20)]  # more than one write block
     make_pngs(tmp_path, ids)
     labels = np.eye(28, dtype=np.uint8)[np.arange(20) % 28]
     write_shard(tmp_path / "a.h5", spec(tmp_path), ids, labels)
-    stored = shard_digest(tmp_path / "a.h5")
-    assert len(stored) == 64
-    # Recomputed from the datasets (the path for shards written before digests existed): the same.
-    with h5py.File(tmp_path / "a.h5", "a") as h5:
-        del h5.attrs[DIGEST_ATTR]
-    assert shard_digest(tmp_path / "a.h5") == stored
-    # Rewritten from the same sources: the same; any change of a label, an Id or a pixel: another.
-    write_shard(tmp_path / "b.h5", spec(tmp_path), ids, labels)
-    assert shard_digest(tmp_path / "b.h5") == stored
+    whole = content_fingerprint([str(tmp_path / "a.h5")])
+    assert len(whole) == 64
+    # The same images in other shards (another shard_size), in another order, with another codec: the same.
+    lzf = spec(tmp_path, compression="lzf")
+    write_shard(tmp_path / "b0.h5", lzf, ids[13:], labels[13:])
+    write_shard(tmp_path / "b1.h5", spec(tmp_path), ids[:13], labels[:13], 1)
+    assert content_fingerprint([str(tmp_path / "b0.h5"), str(tmp_path / "b1.h5")]) == whole
+    # Labels are the fingerprint's own part (train.job_fingerprint), not the images'.
     changed_label = labels.copy()
     changed_label[7, 3] ^= 1
     write_shard(tmp_path / "c.h5", spec(tmp_path), ids, changed_label)
+    assert content_fingerprint([str(tmp_path / "c.h5")]) == whole
+    # Another Id or one changed pixel: another fingerprint.
     write_shard(tmp_path / "d.h5", spec(tmp_path), ids[:19] + ["i0"], labels)
     cv2.imwrite(str(tmp_path / "i19_red.png"), np.zeros((48, 48), np.uint8))
     write_shard(tmp_path / "e.h5", spec(tmp_path), ids, labels)
-    digests = {shard_digest(tmp_path / f"{n}.h5") for n in "cde"}
-    assert len(digests) == 3 and stored not in digests
+    changed = {content_fingerprint([str(tmp_path / f"{n}.h5")]) for n in "de"}
+    assert len(changed) == 2 and whole not in changed
+    with h5py.File(tmp_path / "e.h5") as h5:
+        assert h5.attrs["format_version"] == 2 and h5["row_digests"].dtype == np.uint64
+
+
+def test_a_shard_of_another_format_is_refused_with_what_to_rerun(tmp_path):
+    make_pngs(tmp_path, ["a"])
+    write_shard(tmp_path / "a.h5", spec(tmp_path), ["a"], np.zeros((1, 28), np.uint8))
+    with h5py.File(tmp_path / "a.h5", "a") as h5:
+        h5.attrs["format_version"] = 1
+    for read in (content_fingerprint, read_fields, ShardRows.from_files):
+        with pytest.raises(
+            FormatError,
+            match=r"a\.h5: a shard file of format 1; this workflow reads format 2: "
+            r"snakemake --forcerun shard",
+        ):
+            read([str(tmp_path / "a.h5")])
 
 
 def test_shard_warns_once_about_12_bit_tiffs(tmp_path, caplog):

@@ -419,3 +419,81 @@ def test_headline(tmp_path):
         "ensemble out-of-fold macro F1: 0.5123 (cross-fitted per_class thresholds; "
         "0.4000 at 0.5; prior-only baseline 0.0731)"
     )
+
+
+# Per fold (rows k, k+3, k+6 form fold k) the count of positives of classes 0-3; every other class has none.
+FOLD_COUNTS = {0: (3, 1, 2), 1: (1, 2, 3), 2: (0, 2, 1), 3: (0, 0, 3)}
+
+
+def spread_ensemble(tmp_path, leaks=None):
+    """run_ensemble on 9 train fields in 3 folds with the class counts per fold of FOLD_COUNTS."""
+    folds = np.arange(9) % 3
+    y = np.zeros((9, 28), np.uint8)
+    for c, per_fold in FOLD_COUNTS.items():
+        for k, n in enumerate(per_fold):
+            y[np.flatnonzero(folds == k)[:n], c] = 1
+    files = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        files[name] = str(tmp_path / f"{name}.h5")
+        save_predictions(model(y, folds, 0.5, seed), files[name])
+    return run_ensemble(
+        files,
+        EnsembleSettings.from_config(SETTINGS),
+        str(tmp_path / "ens.h5"),
+        str(tmp_path / "m.json"),
+        str(tmp_path / "t.csv"),
+        leaks,
+    )
+
+
+def test_metrics_json_gives_the_fold_spread_of_each_class(tmp_path):
+    """`folds`: per class the most minus the fewest positives any fold holds, over all folds present
+    (fold 2 decides class 1 and 3, no fold is empty of class 0 or 1), and the largest of them."""
+    m = spread_ensemble(tmp_path)
+    expected = {name: 0 for name in CLASS_NAMES}
+    expected.update({CLASS_NAMES[0]: 2, CLASS_NAMES[1]: 2, CLASS_NAMES[2]: 2, CLASS_NAMES[3]: 3})
+    assert m["folds"] == {"class_spread_max": 3, "class_spread": expected}
+    assert list(m["folds"]["class_spread"]) == list(CLASS_NAMES)
+    assert json.loads((tmp_path / "m.json").read_text())["folds"] == m["folds"]
+
+
+def test_metrics_json_carries_the_leak_report_only_when_given(tmp_path):
+    """`duplicates` is the leak report exactly as given (duplicates.leak_report); without one the key is
+    absent, not null."""
+    leaks = {
+        "policy": "group",
+        "max_distance": 12,
+        "channels": ["red", "green", "blue", "yellow"],
+        "train_train_pairs": 4,
+        "train_train_groups": 2,
+        "train_test_pairs": 1,
+        "label_conflicts": 1,
+        "pairs_split_across_folds": 0,
+        "dropped_external": 0,
+        "fold_groups_with_several_fields": 2,
+        "largest_fold_group": 3,
+    }
+    m = spread_ensemble(tmp_path, dict(leaks))
+    on_disk = json.loads((tmp_path / "m.json").read_text())
+    assert m["duplicates"] == leaks and on_disk["duplicates"] == leaks
+    assert set(on_disk) == {
+        "n_train",
+        "n_test",
+        "training_frequency",
+        "prior_baseline",
+        "models",
+        "folds",
+        "duplicates",
+        "ensemble",
+    }
+    m = spread_ensemble(tmp_path)
+    on_disk = json.loads((tmp_path / "m.json").read_text())
+    assert "duplicates" not in m and "duplicates" not in on_disk
+    assert set(on_disk) == {"n_train", "n_test", "training_frequency", "prior_baseline", "models", "folds", "ensemble"}
+
+
+def test_an_unknown_weighting_is_an_error_naming_the_key():
+    y = np.zeros((6, 28), np.uint8)
+    models = {name: model(y, np.arange(6) % 2, 0.5, seed) for name, seed in (("a", 0), ("b", 1))}
+    with pytest.raises(ValueError, match=r"^ensemble\.weights: 'mean' is not one of equal, fitted$"):
+        combine_models(models, "mean", 0.25)

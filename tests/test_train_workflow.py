@@ -117,7 +117,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     kill_snakemake_when(killed, [TARGET], lambda: (run_dir / "metrics.csv").exists())
     assert not (run_dir / "best.pt").exists()
 
-    # What Snakemake then asks for, and the README says: --rerun-incomplete, and --unlock for its lock.
+    # What Snakemake then asks for, and docs/usage.md says: --rerun-incomplete, and --unlock for its lock.
     first = run_snakemake(killed, TARGET, check=False)
     assert first.returncode != 0 and "--rerun-incomplete" in first.stderr and "metrics.csv" in first.stderr
     second = run_snakemake(killed, "--rerun-incomplete", TARGET, check=False)

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import DATA, SHARED, TINY, copy_workflow, needs_shared, plan, run_snakemake, write_config
+from conftest import DATA, SHARED, TINY, copy_workflow, fake_weights, needs_shared, plan, run_snakemake, write_config
 from hpaflow.labels import encode, parse_target
 from hpaflow.shards import read_shard, shard_hashes
 
@@ -230,13 +230,22 @@ def test_bad_label_row_fails_at_planning(workflow_dir):
 def test_full_scale_plan_has_no_per_image_jobs(workflow_dir, tmp_path):
     for name in ["train.csv", "sample_submission.csv", "HPAv18RBGY_wodpl.csv"]:
         shutil.copy(SHARED / "hpa" / name, tmp_path / name)
+    weights = fake_weights(tmp_path / "pretrained")
     proc = run_snakemake(
-        workflow_dir, "-n", "--configfile", "config/hpa_kaggle.yaml", "--config", f"data_root={tmp_path}"
+        workflow_dir,
+        "-n",
+        "--configfile",
+        "config/hpa_kaggle.yaml",
+        "--config",
+        f"data_root={tmp_path}",
+        f"pretrained_dir={weights}",
     )
     counts = plan(proc)
     # 31,072 / 1024 -> 31 shards, 74,606 -> 73, 11,702 -> 12; 3 models x 5 folds.
     assert counts == {
         "shard": "116",
+        "shard_content": "3",
+        "shard_index": "3",
         "duplicates": "1",
         "folds": "1",
         "train": "15",
@@ -246,7 +255,7 @@ def test_full_scale_plan_has_no_per_image_jobs(workflow_dir, tmp_path):
         "submission": "1",
         "plots": "1",
         "all": "1",
-        "total": "155",
+        "total": "161",
     }
     gpus = re.findall(r"^rule (train|predict):\n(?:    .*\n)*?    resources: .*?\bgpu=(\d+)", proc.stdout, re.M)
     assert len(gpus) == 30 and all(n == "1" for _, n in gpus), gpus

@@ -4,8 +4,8 @@ from hpaflow.runlog import logged
 with logged(snakemake.log[0]):
     run_classify(
         list(snakemake.input.shards),
-        snakemake.input.package,
+        snakemake.params.package["path"],
         snakemake.output[0],
         snakemake.threads,
-        snakemake.params.batch_size,
+        snakemake.config["classify"]["batch_size"],  # steers only (hpaflow.contracts)
     )

@@ -2,12 +2,15 @@ import time
 
 from hpaflow.duplicates import DuplicateSettings, pairs_table
 from hpaflow.files import atomic_path
+from hpaflow.layout import indexed_shards
 from hpaflow.runlog import logged
 from hpaflow.shards import read_fields
 
 with logged(snakemake.log[0]) as log:
-    settings = DuplicateSettings.from_config(snakemake.params.config)
-    fields = read_fields(list(snakemake.input))
+    # The search alone (distance, planes): what the folds do with the pairs does not change duplicates.csv.
+    d = snakemake.params.decides["duplicates"]
+    settings = DuplicateSettings(d["max_distance"], list(d["channels"]), group_by_antibody=False, policy="off")
+    fields = read_fields(indexed_shards(list(snakemake.input.shards)))
     t0 = time.monotonic()
     table = pairs_table(fields, settings, snakemake.threads)
     log.info(

@@ -1,19 +1,19 @@
-import pandas as pd
-
+from hpaflow import h5names as h5n
+from hpaflow.contracts import job_config, members
 from hpaflow.duplicates import DuplicateSettings, leak_report
 from hpaflow.ensemble import EnsembleSettings, run_ensemble
 from hpaflow.runlog import logged
 from hpaflow.summary import headline
 
 with logged(snakemake.log[0]) as log:
-    p = snakemake.params
-    pairs = pd.read_csv(snakemake.input.duplicates, dtype={"id_a": str, "id_b": str})
-    folds = pd.read_csv(snakemake.input.folds, dtype={"Id": str})
-    leaks = leak_report(pairs, folds, DuplicateSettings.from_config(p.config))
+    config = job_config("ensemble", snakemake.params.decides, snakemake.config)
+    pairs = h5n.read_duplicates(snakemake.input.duplicates)
+    folds = h5n.read_folds(snakemake.input.folds)
+    leaks = leak_report(pairs, folds, DuplicateSettings.from_config(config))
     log.info("near-duplicates: %s", leaks)
     run_ensemble(
-        dict(zip(p.models, snakemake.input.summaries)),
-        EnsembleSettings.from_config(p.config),
+        members(snakemake.input.items(), "summary"),
+        EnsembleSettings.from_config(config),
         snakemake.output.ensemble,
         snakemake.output.metrics,
         snakemake.output.thresholds,

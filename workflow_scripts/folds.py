@@ -4,6 +4,7 @@ from hpaflow.duplicates import DuplicateSettings, class_spread, pairs_table
 from hpaflow.files import atomic_path
 from hpaflow.folds import folds_table
 from hpaflow.labels import read_labels
+from hpaflow.layout import indexed_shards
 from hpaflow.runlog import logged
 from hpaflow.shards import read_fields
 
@@ -14,8 +15,13 @@ with logged(snakemake.log[0]) as log:
     tables = {name: read_labels(csv, True) for name, csv in zip(p.datasets, snakemake.input.labels)}
     # Train-train pairs from the train shards' stored pHashes (as rule duplicates finds them): the
     # folds do not depend on the test set.
-    pairs = pairs_table(read_fields(list(snakemake.input.shards)), settings, snakemake.threads) if settings else None
-    df = folds_table(tables, p.n_folds, p.seed, pairs, settings, frozenset(d.get("external", [])))
+    pairs = (
+        pairs_table(read_fields(indexed_shards(list(snakemake.input.shards))), settings, snakemake.threads)
+        if settings
+        else None
+    )
+    external, id_formats = frozenset(d.get("external", [])), d.get("id_format", {})
+    df = folds_table(tables, p.n_folds, p.seed, pairs, settings, external, id_formats)
     for k, n in df["fold"].value_counts().sort_index().items():
         log.info("fold %d: %d images", k, n) if k >= 0 else log.info("left out (drop_external): %d images", n)
     sizes = df["group"].value_counts()

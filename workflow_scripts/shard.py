@@ -5,21 +5,23 @@ from hpaflow.shards import ShardSpec, write_shard
 
 with logged(snakemake.log[0]) as log:
     p = snakemake.params
-    d = p.dataset
+    c, d = p.decides, p.decides["dataset"]
     index = int(snakemake.wildcards.index)
     table = read_labels(snakemake.input[0], d["role"] == "train")
-    rows = shard_slice(index, len(table), p.shard_size)
+    rows = shard_slice(index, len(table), p.storage["shard_size"])
+    images = f"{c['data_root']}/{d['images']}"
     spec = ShardSpec(
         dataset=d["name"],
         fmt=d["format"],
-        images_dir=p.images,
+        images_dir=images,
         role=d["role"],
-        image_size=p.image_size,
-        tiling=p.tiling,
-        tile_size=p.tile_size,
-        compression=p.compression,
+        image_size=c["image_size"],
+        tiling=c["tiling"],
+        tile_size=c.get("tile_size"),
+        compression=p.storage["hdf5_compression"],
         bits=d["bits"],
+        bits_key=p.bits_key,  # the warnings name the key to set
     )
-    log.info("shard %s/%d: Ids %d-%d of %d from %s", d["name"], index, rows.start, rows.stop - 1, len(table), p.images)
+    log.info("shard %s/%d: Ids %d-%d of %d from %s", d["name"], index, rows.start, rows.stop - 1, len(table), images)
     labels = table.labels[rows] if table.labels is not None else None
     write_shard(snakemake.output[0], spec, list(table.ids[rows]), labels, index)

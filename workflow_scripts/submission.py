@@ -10,6 +10,6 @@ with logged(snakemake.log[0]) as log:
     sample_ids = [i for csv in snakemake.input.samples for i in read_labels(csv, False).ids]
     with h5py.File(snakemake.input.ensemble, "r") as h5:
         ids, probs, t = h5[h5n.TEST_IDS].asstr()[...], h5[h5n.TEST_PROBS][...], h5[h5n.THRESHOLDS][...]
-    df = make_submission(sample_ids, ids, apply(probs, t, snakemake.params.at_least_one))
+    df = make_submission(sample_ids, ids, apply(probs, t, snakemake.params.decides["thresholds"]["at_least_one"]))
     write_submission(df, sample_ids, snakemake.output[0])
     log.info("submission: %d rows, %.2f labels per image", len(df), df["Predicted"].str.split().str.len().mean())

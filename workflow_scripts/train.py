@@ -1,10 +1,14 @@
 from pathlib import Path
 
+from hpaflow.contracts import job_config
+from hpaflow.layout import indexed_shards
 from hpaflow.runlog import logged
 from hpaflow.train import TrainConfig, train
 
 with logged(snakemake.log[0]) as log:
     p = snakemake.params
-    cfg = TrainConfig.from_config(p.config, p.model, int(snakemake.wildcards.fold), snakemake.threads)
+    config = job_config("train", p.decides, snakemake.config)
+    cfg = TrainConfig.from_config(config, p.model, int(snakemake.wildcards.fold), snakemake.threads)
     log.info("train %s", cfg)
-    train(cfg, list(snakemake.input.shards), snakemake.input.folds, out_dir=Path(snakemake.output.best).parent)
+    shards = indexed_shards(list(snakemake.input.shards))
+    train(cfg, shards, snakemake.input.folds, out_dir=Path(snakemake.output.best).parent)

@@ -1,8 +1,10 @@
 """Classify new fields of view with an exported package: shards in, predictions.csv and a gallery out.
 
-The fields are sharded by the training data's own code (shards.write_shard at the package's size), so
-a field is decoded and resized exactly as training data were. The ensemble runs with onnxruntime
-(a CUDA provider where the installed onnxruntime has one, else the CPU); no torch here.
+The fields are sharded by the training data's own code (shards.write_shard at the package's shard size), so
+a field is decoded and resized exactly as training data were; each row is then resized to the graph's input
+size by the function predict uses (transforms.resize), so the graph sees the very tensor predict gave the
+models. The ensemble runs with onnxruntime (a CUDA provider where the installed onnxruntime has one, else
+the CPU); no torch here.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .labels import decode
 from .package import Package, PackageError
 from .progress import Progress
 from .thresholds import apply
+from .transforms import resize
 
 log = logging.getLogger("hpaflow")
 GALLERY_FIELDS = 24  # fields shown in gallery.png (the first, in Id order)
@@ -36,17 +39,27 @@ def session(onnx: str | bytes, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(onnx, opts, providers=providers)
 
 
-def check_shard(path: str | Path, h5: h5py.File, size: int) -> None:
-    """A shard made for this package: whole images at its input size."""
+def check_shard(path: str | Path, h5: h5py.File, shard_size: int) -> None:
+    """A shard made for this package: whole images at its shard size."""
     got = (int(h5.attrs["image_size"]), str(h5.attrs["tiling"]))
-    if got != (size, "none"):
-        raise ValueError(f"{path}: rows are {got[0]} px with tiling {got[1]}; the package takes whole {size} px images")
+    if got != (shard_size, "none"):
+        raise ValueError(
+            f"{path}: rows are {got[0]} px with tiling {got[1]}; the package's fields are sharded as whole "
+            f"{shard_size} px images (delete the shard and rerun)"
+        )
+
+
+def model_input(rows: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, S, S, 4) shard rows -> the graph's uint8 (N, 4, size, size) input: each row resized as predict's
+    ShardDataset resizes it (transforms.resize)."""
+    return np.ascontiguousarray(np.stack([resize(row, size) for row in rows]).transpose(0, 3, 1, 2))
 
 
 def predict_probs(
-    sess: ort.InferenceSession, shards: list[str], size: int, batch_size: int
+    sess: ort.InferenceSession, shards: list[str], shard_size: int, size: int, batch_size: int
 ) -> tuple[list[str], np.ndarray]:
-    """Ids and (N, C) probabilities of every row of the shards, in shard order."""
+    """Ids and (N, C) probabilities of every row of the shards (shard_size px), in shard order; the graph
+    takes size px."""
     name = sess.get_inputs()[0].name
     n = 0
     for f in shards:
@@ -56,11 +69,11 @@ def predict_probs(
     ids, probs = [], []
     for f in shards:
         with h5py.File(f, "r") as h5:
-            check_shard(f, h5, size)
+            check_shard(f, h5, shard_size)
             ids += list(h5[h5n.IDS].asstr()[...])
             images = h5[h5n.IMAGES]
             for start in range(0, len(images), batch_size):
-                x = np.ascontiguousarray(images[start : start + batch_size].transpose(0, 3, 1, 2))
+                x = model_input(images[start : start + batch_size], size)
                 (p,) = sess.run(None, {name: x})
                 probs.append(p)
                 progress.update(len(x))
@@ -79,11 +92,18 @@ def run_classify(shards: list[str], package_path: str | Path, out_csv: str | Pat
     """Check the package, score every shard row, apply the package's thresholds, write predictions.csv."""
     package = Package(package_path)
     package.verify()
-    size, classes = package.image_size, package.classes()
+    (shard_size, size), classes = package.sizes(), package.classes()
     thresholds, at_least_one = package.thresholds()
     sess = session(package.onnx_source(), threads)
-    log.info("package %s: %d px, %d classes, providers %s", package_path, size, len(classes), sess.get_providers())
-    ids, probs = predict_probs(sess, shards, size, batch_size)
+    log.info(
+        "package %s: fields sharded at %d px, resized to %d px; %d classes, providers %s",
+        package_path,
+        shard_size,
+        size,
+        len(classes),
+        sess.get_providers(),
+    )
+    ids, probs = predict_probs(sess, shards, shard_size, size, batch_size)
     if probs.shape[1] != len(classes):
         raise PackageError(
             f"package {package_path}: ensemble.onnx gives {probs.shape[1]} outputs for {len(classes)} classes"

@@ -148,6 +148,27 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"models[{i}].name: {name!r} is used by models[{models.index(name)}] too")
 
 
+def check_exportable(config: dict) -> None:
+    """What `snakemake export` cannot export, found when planning it (before any training) with the key named:
+    the package is one ONNX graph that scores whole images at one input size."""
+    if config["tiling"] != "none":
+        raise ConfigError(
+            f"tiling: {config['tiling']} cannot be exported: the ONNX graph scores whole images, while predict "
+            "aggregates a field's tiles per TTA view before combining the views; train with tiling: none to export"
+        )
+    default = config["image_size"]  # a model's input size defaults to the shards' (rules/common.smk)
+    sizes = [m.get("image_size") for m in config["models"]]
+    first = sizes[0] or default
+    origin = "" if sizes[0] else ", from image_size"
+    for i, size in enumerate(sizes[1:], 1):
+        if (size or default) != first:
+            given = size or f"{default} (from image_size)"
+            raise ConfigError(
+                f"models[{i}].image_size: {given} differs from models[0] ({first}{origin}): one ONNX graph takes "
+                "one size; give every model the same image_size to export"
+            )
+
+
 def check_fold_count(config: dict, tables: dict[str, LabelTable]) -> None:
     """n_folds needs at least as many train Ids (checked when planning, from the label csvs)."""
     n = sum(len(t) for t in tables.values())

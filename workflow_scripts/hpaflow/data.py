@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, RandomSampler, Sampler, WeightedRandomSamp
 
 from . import h5names as h5n
 from .labels import NUM_CLASSES
+from .shards import check_format
 from .transforms import IDENTITY, resize, sample_params
 
 
@@ -33,6 +34,7 @@ class ShardRows:
         fi, rows, ids, labels = [], [], [], []
         for k, f in enumerate(files):
             with h5py.File(f, "r") as h5:
+                check_format(f, h5)
                 n = h5[h5n.IDS].shape[0]
                 ids.append(h5[h5n.IDS].asstr()[...])
                 labels.append(h5[h5n.LABELS][...] if h5n.LABELS in h5 else None)
@@ -64,7 +66,7 @@ class ShardRows:
 
 def fold_of(rows: ShardRows, folds_csv: str | Path) -> np.ndarray:
     """Fold of each row (by Id) from the folds table; every row's Id must be in it."""
-    table = pd.read_csv(folds_csv, dtype={"Id": str})
+    table = h5n.read_folds(folds_csv)
     fold = pd.Series(table["fold"].to_numpy(), index=table["Id"]).reindex(rows.ids)
     if fold.isna().any():
         missing = rows.ids[fold.isna().to_numpy()]
@@ -129,12 +131,17 @@ def rare_class_weights(labels: np.ndarray, power: float = 0.5) -> np.ndarray:
     return np.where(w > 0, w, inv[inv > 0].min() if (inv > 0).any() else 1.0)
 
 
+# models[].sampler -> the sampler of a fold's training rows (labels, generator); the schema's enum is these keys.
+SAMPLERS = {
+    "uniform": lambda labels, g: RandomSampler(range(len(labels)), generator=g),
+    "oversample_rare": lambda labels, g: WeightedRandomSampler(
+        torch.as_tensor(rare_class_weights(labels), dtype=torch.double), len(labels), replacement=True, generator=g
+    ),
+}
+
+
 def make_sampler(kind: str, labels: np.ndarray, seed: int, epoch: int) -> Sampler:
     """A sampler whose order depends only on (seed, epoch): a resumed run sees the same batches."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    if kind == "uniform":
-        return RandomSampler(range(len(labels)), generator=g)
-    if kind == "oversample_rare":
-        w = torch.as_tensor(rare_class_weights(labels), dtype=torch.double)
-        return WeightedRandomSampler(w, len(labels), replacement=True, generator=g)
-    raise ValueError(f"unknown sampler {kind!r} (uniform or oversample_rare)")
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown sampler {kind!r} (one of {', '.join(SAMPLERS)})")
+    return SAMPLERS[kind](labels, torch.Generator().manual_seed(seed * 100_003 + epoch))

@@ -5,11 +5,14 @@ re-encoded, resized or shifted. A pair of fields is a near-duplicate when the pH
 in `channels` is within `max_distance` bits (hashing.phash, stored in the shards). Train fields
 linked by such pairs (and, with group_by_antibody, HPAv18 fields of one antibody) form groups
 that folds keep together, so out-of-fold scores are not inflated by a field seen in training.
+Antibodies are read only from the Ids of datasets that declare `id_format: hpav18`: a lab's own Ids
+may look alike (`7_1_A1_1`) without naming an antibody.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,7 +23,12 @@ from .layout import COLORS
 
 ROW_BLOCK, COL_BLOCK = 256, 4096  # pairs scored per numpy call: 1M uint64 XORs stay in cache
 MAX_PAIRS = 10_000_000  # past this a setting is wrong, not the data: stop before the tables grow
-HPAV18_ID = re.compile(r"(\d+)_\d+_[A-Za-z]+\d+_\d+")  # {antibody}_{plate}_{well}_{field}
+# {antibody}_{plate}_{well}_{field}, as HPAv18RBGY_wodpl.csv spells them: plates may be siRNA ones
+# (`63683_si35_H1_11`) and a field may carry a crop suffix (`11651_1732_F3_13_cr580610dc203b9`).
+HPAV18_ID = re.compile(r"(\d+)_[A-Za-z]*\d+_[A-Za-z]+\d+_\d+(?:_cr[0-9a-f]+)?")
+# datasets[].id_format -> the pattern of its Ids whose first group is the antibody (None: no antibody).
+ID_FORMATS: dict[str, re.Pattern | None] = {"plain": None, "hpav18": HPAV18_ID}
+POLICIES = ("group", "drop_external", "off")  # duplicates.policy
 PAIR_COLUMNS = ["id_a", "dataset_a", "id_b", "dataset_b", *(f"d_{c}" for c in COLORS), "kind", "labels_agree"]
 
 
@@ -41,6 +49,8 @@ class DuplicateSettings:
     @classmethod
     def from_config(cls, config: dict) -> DuplicateSettings:
         d = config["duplicates"]
+        if d["policy"] not in POLICIES:
+            raise ValueError(f"duplicates.policy: {d['policy']!r} is not one of {', '.join(POLICIES)}")
         return cls(d["max_distance"], list(d["channels"]), d["group_by_antibody"], d["policy"])
 
 
@@ -144,17 +154,39 @@ def pairs_table(fields: Fields, settings: DuplicateSettings, threads: int = 1) -
     return table
 
 
-def train_groups(ids: np.ndarray, pairs: pd.DataFrame, group_by_antibody: bool) -> np.ndarray:
+def antibodies(ids: np.ndarray, datasets: np.ndarray, id_formats: Mapping[str, str]) -> np.ndarray:
+    """The antibody of each row (object array, None where there is none): read from the Id only for a
+    dataset whose `id_format` (default plain) names an antibody pattern; an Id that does not follow
+    its dataset's declared pattern is an error naming both."""
+    out = np.full(len(ids), None, object)
+    for name, fmt in id_formats.items():
+        if fmt not in ID_FORMATS:
+            raise ValueError(f"dataset {name}: id_format {fmt!r} is not one of {', '.join(ID_FORMATS)}")
+        pattern = ID_FORMATS[fmt]
+        if pattern is None:
+            continue
+        for r in np.flatnonzero(datasets == name):
+            m = pattern.fullmatch(str(ids[r]))
+            if m is None:
+                raise ValueError(
+                    f"dataset {name} (id_format: {fmt}): Id {str(ids[r])!r} is not "
+                    "{antibody}_{plate}_{well}_{field}; set its id_format to plain if its Ids name no antibody"
+                )
+            out[r] = m.group(1)
+    return out
+
+
+def train_groups(ids: np.ndarray, pairs: pd.DataFrame, antibody_of: np.ndarray | None = None) -> np.ndarray:
     """Group of each train Id (the folds-table order): train-train pairs joined into connected
-    components, with an antibody's HPAv18 fields joined too; a group is numbered by its first row."""
+    components, with the rows of one antibody (`antibody_of`, from `antibodies`; None joins none)
+    joined too; a group is numbered by its first row."""
     row = pd.Series(np.arange(len(ids)), index=ids)
     tt = pairs[pairs["kind"] == "train-train"]
     tt = tt[tt["id_a"].isin(row.index) & tt["id_b"].isin(row.index)]
     i, j = [row[tt["id_a"]].to_numpy()], [row[tt["id_b"]].to_numpy()]
-    if group_by_antibody:
+    if antibody_of is not None:
         first_of: dict[str, int] = {}
-        for r, image_id in enumerate(ids):
-            ab = antibody(str(image_id))
+        for r, ab in enumerate(antibody_of):
             if ab is not None:
                 i.append(np.array([first_of.setdefault(ab, r)]))
                 j.append(np.array([r]))

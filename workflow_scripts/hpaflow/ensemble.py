@@ -24,6 +24,7 @@ from .summary import Predictions, load_predictions, prior_baseline_f1, save_pred
 from .thresholds import ThresholdSettings, best_global, cross_fit, fit
 
 log = logging.getLogger("hpaflow")
+WEIGHTINGS = ("equal", "fitted")  # ensemble.weights: combine_models branches on these names
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ def combine_models(
     test = [m.test_probs for m in models.values()]
     y = first.labels
     crossed = None
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"ensemble.weights: {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
     if weighting == "equal":
         w = np.full(len(models), 1 / len(models))
     else:

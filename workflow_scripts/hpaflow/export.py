@@ -3,10 +3,12 @@
 `EnsembleModule` computes what the workflow computes for a test image, for every member (a model's
 fold checkpoint): colour composition and normalisation (augment), each TTA view scored and the views
 combined (predict), the folds' probabilities averaged (summary.assemble_model), the models' weighted
-mean (ensemble.weighted_mean). The input is what a shard holds for one row: an (N, 4, S, S) uint8
-RGBY image at the models' image_size. Tiles are not aggregated here: with `tiling` on, predict
-aggregates the tiles of an image per view, before the views are combined, which a graph scoring
-rows independently cannot do (the two orders agree when both rules are mean, or both max).
+mean (ensemble.weighted_mean). The input is what predict feeds a model for one shard row: an (N, 4, M, M)
+uint8 RGBY image, the shard's S px row resized to the models' image_size M (transforms.resize; none when
+S == M); preprocessing.json records both steps, from the constants the code uses. Tiles are not
+aggregated here: with `tiling` on, predict aggregates the tiles of an image per view, before the views
+are combined, which a graph scoring rows independently cannot do (the two orders agree when both rules
+are mean, or both max).
 The graph is float32 throughout: it matches predict on the CPU; predict on CUDA runs under autocast
 (bf16/fp16), so its probabilities differ from the graph's by that precision.
 """
@@ -19,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import h5py
 import numpy as np
 import torch
 import yaml
@@ -27,10 +31,12 @@ from torch import nn
 from .augment import compose_batch, dihedral_batch, normalize_batch
 from .files import atomic_path
 from .gallery import captioned_grid, write_png
+from .io import SHARD_INTERPOLATION
 from .labels import CLASS_NAMES
 from .layout import COLORS, JPEG_PLANES
 from .package import sha256_of, write_manifest
 from .predict import REDUCERS, load_checkpoint, load_model
+from .transforms import interpolation
 
 OPSET = 18
 BIOIMAGEIO_FORMAT = "0.5.4"
@@ -40,6 +46,17 @@ CITATION = {
     "Nat Methods 16, 1254-1261 (2019)",
     "doi": "10.1038/s41592-019-0658-6",
 }
+# cv2's resampling flags by name, to write the ones the code uses into preprocessing.json.
+CV2_INTERPOLATIONS = ("INTER_NEAREST", "INTER_LINEAR", "INTER_CUBIC", "INTER_AREA", "INTER_LANCZOS4")
+MAX_RDF_ERRORS = 10
+MESSAGE_CHARS = 300  # bioimageio.spec lists every SPDX id in a licence error: cut it short
+
+
+TEXT_FILES = ("thresholds.json", "classes.json", "preprocessing.json")
+
+
+class ExportError(ValueError):
+    """What cannot be exported, or a package description that bioimage.io would refuse; names the key or field."""
 
 
 def normalised(weights: Sequence[float]) -> np.ndarray:
@@ -193,8 +210,33 @@ class ExportSettings:
         )
 
 
-def preprocessing(size: int, datasets: list[dict]) -> dict:
-    """How a field of view becomes the graph's input, as the shard step does it (io, shards)."""
+def cv2_name(flag: int | None) -> str | None:
+    """'cv2.INTER_AREA' for cv2.INTER_AREA; None for None (no resize)."""
+    if flag is None:
+        return None
+    names = [n for n in CV2_INTERPOLATIONS if getattr(cv2, n) == flag]
+    if not names:
+        raise ValueError(f"cv2 interpolation flag {flag} is none of {', '.join(CV2_INTERPOLATIONS)}")
+    return f"cv2.{names[0]}"
+
+
+def shard_size(files: Sequence[str | Path]) -> int:
+    """The side S of the shards' rows (their `image_size`), one for all; whole images only."""
+    sizes = {}
+    for f in files:
+        with h5py.File(f, "r") as h5:
+            if str(h5.attrs["tiling"]) != "none":
+                raise ExportError(f"{f}: tiled rows (tiling {h5.attrs['tiling']}); the graph scores whole images")
+            sizes.setdefault(int(h5.attrs["image_size"]), str(f))
+    if len(sizes) != 1:
+        raise ExportError(f"the shards' image sizes differ or are missing: {sizes or files}")
+    return next(iter(sizes))
+
+
+def preprocessing(size: int, datasets: list[dict], shard_size: int) -> dict:
+    """How a field of view becomes the graph's input: decoded and resized to shard_size as the shard step does
+    it (io, shards), then resized to the models' size as predict does it (transforms.resize); the
+    interpolations are named from the constants the code uses."""
     return {
         "input": {"name": "rgby", "dtype": "uint8", "shape": ["batch", 4, size, size], "channel_order": list(COLORS)},
         "channel_files": "{Id}_{red,green,blue,yellow}.{png|tif|tiff|jpg}, one grey plane per colour",
@@ -206,7 +248,15 @@ def preprocessing(size: int, datasets: list[dict]) -> dict:
             + " (yellow: the rounded mean of R and G)",
         },
         "bits_of_training_data": {d["name"]: {"format": d["format"], "bits": d["bits"]} for d in datasets},
-        "resize": {"size": size, "interpolation": "cv2.INTER_AREA to shrink, cv2.INTER_LINEAR to enlarge"},
+        "resize": {
+            "shard_size": shard_size,
+            "shard_interpolation": cv2_name(SHARD_INTERPOLATION),
+            "size": size,
+            "interpolation": cv2_name(interpolation(shard_size, size)),
+            "steps": "each decoded channel plane -> shard_size x shard_size (shard_interpolation, shrinking or "
+            "enlarging), stacked as uint8 RGBY (H, W, 4); then that image -> size x size (interpolation; null: "
+            "shard_size == size, no resize), uint8; then transposed to (4, size, size)",
+        },
         "inside_the_graph": "x / 255, colour composition per member, ImageNet normalisation, TTA views, sigmoid",
     }
 
@@ -289,10 +339,57 @@ def bioimageio_rdf(size: int, settings: ExportSettings, metrics: dict, sha: dict
             }
         ],
         "weights": {"onnx": {"source": "ensemble.onnx", "sha256": sha["ensemble.onnx"], "opset_version": OPSET}},
-        "attachments": [
-            {"source": n, "sha256": sha[n]} for n in ("thresholds.json", "classes.json", "preprocessing.json")
-        ],
+        "attachments": [{"source": n, "sha256": sha[n]} for n in TEXT_FILES],
     }
+
+
+def _field(rdf: dict, loc: Sequence) -> str:
+    """pydantic's error location -> the field of the description, e.g. 'inputs[0].axes[2].size': the parts that
+    index into `rdf`, and a last part that names a missing key; union tags ('space', 'ParameterizedSize') and
+    validator names ('function-after[...]', 'constrained-int') are left out."""
+    out, node = "", rdf
+    for k, part in enumerate(loc):
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out += f"[{part}]"
+            node = node[part]
+        elif isinstance(node, dict) and part in node:
+            out += f".{part}" if out else str(part)
+            node = node[part]
+        elif k == len(loc) - 1 and isinstance(part, str) and part.isidentifier() and part.islower():
+            out += f".{part}" if out else part  # a required key that is missing (fields are snake_case)
+    return out or "(top level)"
+
+
+def check_rdf(rdf: dict, root: Path | None = None) -> None:
+    """bioimage.io's own format validation (bioimageio.spec) of a package description, offline: without
+    `root` the files it names are not opened (the package is not written yet); with it, they are checked
+    in that folder (sha256, test tensors against the axes). Raises ExportError naming each failing field."""
+    # Imported here: it takes ~2 s, and only the export job validates.
+    from bioimageio.spec import ValidationContext, validate_format
+
+    context = ValidationContext(root=root or Path(), perform_io_checks=root is not None, raise_errors=False)
+    summary = validate_format(rdf, context=context)
+    if summary.status != "failed":
+        return
+    seen: dict[str, str] = {}  # a field fails once per alternative type (e.g. a licence id, or a file): first kept
+    for detail in summary.details:
+        for error in detail.errors:
+            msg = " ".join(str(error.msg).split())
+            seen.setdefault(_field(rdf, error.loc), msg if len(msg) <= MESSAGE_CHARS else msg[:MESSAGE_CHARS] + " ...")
+    lines = [f"{field}: {msg}" for field, msg in list(seen.items())[:MAX_RDF_ERRORS]]
+    if len(seen) > MAX_RDF_ERRORS:
+        lines.append(f"... and {len(seen) - MAX_RDF_ERRORS} more")
+    hint = (
+        f" (export.license {rdf.get('license')!r} is no SPDX licence id, e.g. CC-BY-4.0)" if "license" in seen else ""
+    )
+    raise ExportError(
+        f"the package's bioimage.io description (rdf.yaml, format {rdf.get('format_version')}) fails "
+        f"bioimageio.spec's validation{hint}:\n  " + "\n  ".join(lines)
+    )
+
+
+# The sha256 of files not written yet, for checking the description before anything is written.
+UNWRITTEN = "0" * 64
 
 
 def write_package(
@@ -306,11 +403,24 @@ def write_package(
     n_folds: int,
     sample: np.ndarray,
     max_diff: float = 1e-4,
+    *,
+    shard_size: int,
 ) -> float:
     """Write the package folder (files written under temporary names, then moved in; manifest.json last);
-    returns the ONNX vs PyTorch max abs difference on `sample` (real shard rows, uint8 (N, 4, S, S)),
-    which must be at most max_diff. The first TEST_ROWS rows become the bioimage.io test tensors."""
+    returns the ONNX vs PyTorch max abs difference on `sample` (model inputs made from real shard rows,
+    uint8 (N, 4, size, size)), which must be at most max_diff. The first TEST_ROWS rows become the
+    bioimage.io test tensors. shard_size: the side S of the shard rows the sample was resized from.
+
+    The bioimage.io description is validated first (nothing written when it fails: a licence that is no SPDX
+    id), and again with its files before rdf.yaml and manifest.json are written."""
+    sha = dict.fromkeys(("ensemble.onnx", "test_input.npy", "test_output.npy", *TEXT_FILES), UNWRITTEN)
     out = Path(out_dir)
+    try:
+        check_rdf(bioimageio_rdf(size, settings, metrics, sha))
+    except ExportError as e:
+        raise ExportError(f"{out}: no package written: {e}") from None
+    if sample.shape[1:] != (4, size, size) or sample.dtype != np.uint8:
+        raise ValueError(f"sample: expected uint8 (N, 4, {size}, {size}) inputs, got {sample.dtype} {sample.shape}")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "ensemble.onnx") as tmp:
         export_onnx(module, size, tmp)
@@ -324,7 +434,7 @@ def write_package(
             "thresholds": [float(t) for t in thresholds],  # exact: a rounded threshold flips labels near it
         },
         "classes.json": {str(i): name for i, name in enumerate(CLASS_NAMES)},
-        "preprocessing.json": preprocessing(size, settings.datasets),
+        "preprocessing.json": preprocessing(size, settings.datasets, shard_size),
     }
     for name, value in texts.items():
         with atomic_path(out / name) as tmp:
@@ -339,12 +449,16 @@ def write_package(
         with atomic_path(out / name) as tmp, tmp.open("wb") as f:
             np.save(f, value)
     write_png(captioned_grid(list(rows.transpose(0, 2, 3, 1)), [[]] * len(rows), lines=0), out / "cover.png")
-    sha = {}
-    for name in ("ensemble.onnx", "test_input.npy", "test_output.npy", *texts):
+    for name in sha:
         with (out / name).open("rb") as f:
             sha[name] = sha256_of(f)[0]
+    rdf = bioimageio_rdf(size, settings, metrics, sha)
+    try:
+        check_rdf(rdf, out)  # what is written: its files' sha256, the test tensors' shapes
+    except ExportError as e:
+        raise ExportError(f"{out}: no rdf.yaml or manifest.json written (not a package): {e}") from None
     with atomic_path(out / "rdf.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(bioimageio_rdf(size, settings, metrics, sha), sort_keys=False, width=120))
+        tmp.write_text(yaml.safe_dump(rdf, sort_keys=False, width=120))
     write_manifest(out)
     return diff
 

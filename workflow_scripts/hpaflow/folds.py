@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from .duplicates import DuplicateSettings, external_copies, train_groups
-from .labels import LabelTable
+from .duplicates import DuplicateSettings, antibodies, external_copies, train_groups
+from .labels import CLASS_NAMES, LabelTable
+
+log = logging.getLogger("hpaflow")
 
 
 def assign_folds(labels: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
@@ -104,6 +109,42 @@ def rebalance(
     return fold
 
 
+def describe_group(ids: np.ndarray, antibody_of: np.ndarray | None) -> str:
+    """A group's rows named for a message: its antibody when all share one, else its first Id."""
+    abs_ = set() if antibody_of is None else set(antibody_of.tolist())
+    if len(abs_) == 1 and None not in abs_:
+        return f"antibody {abs_.pop()}"
+    return f"Id {ids[0]}" if len(ids) == 1 else f"near-duplicates of {ids[0]}"
+
+
+def check_groups(
+    ids: np.ndarray, groups: np.ndarray, antibody_of: np.ndarray | None, n_folds: int, grouped: bool
+) -> None:
+    """Every fold needs a group of its own: fewer groups than folds leaves a fold with no validation
+    images (a train job would fail only much later), so stop here, naming the largest group."""
+    names, inv, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    if len(names) >= n_folds:
+        return
+    rows = np.flatnonzero(inv == int(np.argmax(sizes)))
+    largest = describe_group(ids[rows], None if antibody_of is None else antibody_of[rows])
+    hint = " or set duplicates.policy: off" if grouped else ""
+    plural = {True: "s", False: ""}
+    raise ValueError(
+        f"n_folds: {n_folds} folds but the {len(ids)} train images form {len(names)} "
+        f"group{plural[len(names) != 1]} (largest: {largest}, {len(rows)} image{plural[len(rows) != 1]}); "
+        f"a fold would be empty: lower n_folds to at most {len(names)}{hint}"
+    )
+
+
+def missing_classes(labels: np.ndarray, fold: np.ndarray, n_folds: int) -> dict[int, list[int]]:
+    """Class -> the folds whose validation rows lack it, for each class with at least n_folds images
+    (rows with fold -1 left out): such a class could be in every fold but groups kept it out."""
+    used = fold >= 0
+    counts = np.stack([labels[fold == k].sum(0) for k in range(n_folds)])  # (folds, classes)
+    enough = labels[used].sum(0) >= n_folds
+    return {int(c): np.flatnonzero(counts[:, c] == 0).tolist() for c in np.flatnonzero(enough & (counts == 0).any(0))}
+
+
 def folds_table(
     tables: dict[str, LabelTable],
     n_folds: int,
@@ -111,13 +152,16 @@ def folds_table(
     pairs: pd.DataFrame | None = None,
     settings: DuplicateSettings | None = None,
     external: frozenset[str] = frozenset(),
+    id_formats: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """`Id, dataset, fold, group` for the train datasets in config order; Ids must be unique across them.
 
     With near-duplicate pairs (duplicates.csv) and a policy other than off, a group (pairs joined,
-    and an antibody's HPAv18 fields with group_by_antibody) never spans two folds; `drop_external`
-    gives fold -1 (left out of training and scoring) to external rows that copy a non-external one.
-    Without them every row is its own group.
+    and with group_by_antibody an antibody's fields, read from the Ids of datasets whose `id_formats`
+    entry is hpav18; others are plain) never spans two folds; `drop_external` gives fold -1 (left out
+    of training and scoring) to external rows that copy a non-external one. Without them every row
+    is its own group. Fewer groups than folds is an error; a class kept out of some fold's
+    validation by the groups is warned about.
     """
     frames = [pd.DataFrame({"Id": t.ids, "dataset": name}) for name, t in tables.items()]
     df = pd.concat(frames, ignore_index=True)
@@ -129,12 +173,26 @@ def folds_table(
             f"Id {first!r} appears in more than one train dataset ({where}); Ids must be unique across train datasets"
         )
     labels = np.concatenate([t.labels for t in tables.values()])
+    ids = df["Id"].to_numpy()
     grouped = pairs is not None and settings is not None and settings.policy != "off"
-    groups = train_groups(df["Id"].to_numpy(), pairs, settings.group_by_antibody) if grouped else np.arange(len(df))
+    antibody_of = None
+    if grouped and settings.group_by_antibody:
+        antibody_of = antibodies(ids, df["dataset"].to_numpy(), id_formats or {})
+    groups = train_groups(ids, pairs, antibody_of) if grouped else np.arange(len(df))
     keep = ~external_copies(df, pairs, set(external)) if grouped and settings.policy == "drop_external" else None
     fold = np.full(len(df), -1, np.int16)
     rows = np.arange(len(df)) if keep is None else np.flatnonzero(keep)
+    check_groups(ids[rows], groups[rows], None if antibody_of is None else antibody_of[rows], n_folds, grouped)
     fold[rows] = assign_folds(labels[rows], n_folds, seed, groups[rows] if grouped else None)
+    for c, folds in missing_classes(labels, fold, n_folds).items():
+        log.warning(
+            "class %d (%s): %d images but none in the validation of fold%s %s (its groups are too few or too large)",
+            c,
+            CLASS_NAMES[c],
+            int(labels[fold >= 0, c].sum()),
+            "s" * (len(folds) > 1),
+            ", ".join(map(str, folds)),
+        )
     df["fold"] = fold
     df["group"] = groups
     return df

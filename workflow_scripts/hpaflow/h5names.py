@@ -1,16 +1,85 @@
-"""HDF5 dataset names: the contract between the rule that writes a file and the rules that read it.
+"""The files' contracts: HDF5 dataset and attribute names, checkpoint keys, the columns of folds.csv and
+duplicates.csv with their readers, and each file kind's format version. The rule that writes a file and
+the rules that read it meet here; a reader meeting another format stops with the file and what to rerun.
 
 - results/shards/{dataset}/{index}.h5, rule shard -> train, predict, plots:
   IMAGES uint8 (N, S, S, 4) RGBY, IDS, TILE_ORIGIN (N, 2), HASHES uint64 (N, 4) (each plane's pHash at
-  image_size, of the whole image for its tiles), LABELS uint8 (N, 28) for train shards.
+  image_size, of the whole image for its tiles), ROW_DIGESTS, LABELS uint8 (N, 28) for train shards.
+- results/shards/{dataset}/index.json, rule shard_index -> every shard reader: the dataset's shard files.
 - results/predictions/{model}/fold{k}.h5, rule predict -> model_summary: a group per part (OOF,
   TEST), each with IDS, PROBS float32 (N, 28), LABELS (OOF) and VIEWS (V, N, 28) when saved.
 - results/summary/{model}.h5, rule model_summary -> ensemble, and results/ensemble.h5, rule
   ensemble -> submission, plots: SUMMARY_STRINGS and SUMMARY_ARRAYS (the fields of
   summary.Predictions); the ensemble adds THRESHOLDS (28,) and OOF_PRED_CROSS_FITTED (N, 28).
+- results/models/{model}/fold{k}/best.pt and checkpoints/*.pt, rule train -> predict, export: a dict
+  with the CKPT_* keys (torch.save).
+- results/folds.csv (FOLDS_COLUMNS) and results/duplicates.csv (hpaflow.duplicates.PAIR_COLUMNS): read
+  with read_folds and read_duplicates, which keep Ids as strings.
+The package of rule export carries its own format (hpaflow.package.FORMAT).
+
+Standard library only (pandas imported by the csv readers when called): the planning step imports it.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+
+# The format of each file kind, stored under FORMAT (an HDF5 attribute, a checkpoint or index key):
+# a reader meeting another version stops with the file and what to rerun (check_format).
+FORMAT = "format_version"
+SHARD_FORMAT = 2  # 2: ROW_DIGESTS
+PREDICTIONS_FORMAT = 1
+CHECKPOINT_FORMAT = 1
+# What rewrites each kind of file, for the error.
+RERUN = {
+    "shard": "snakemake --forcerun shard (or delete results/shards/)",
+    "predictions": "snakemake --forcerun predict",
+    "checkpoint": "delete it and rerun its train job (snakemake --forcerun train)",
+}
+WANT = {"shard": SHARD_FORMAT, "predictions": PREDICTIONS_FORMAT, "checkpoint": CHECKPOINT_FORMAT}
+
+
+class FormatError(ValueError):
+    """A file written in another format than this workflow reads."""
+
+
+def check_format(path: str | Path, kind: str, got) -> None:
+    """Stop on a `kind` file of another format version, naming the file and what rewrites it."""
+    want = WANT[kind]
+    if got is None or int(got) != want:
+        version = "no format version" if got is None else f"format {int(got)}"
+        raise FormatError(f"{path}: a {kind} file of {version}; this workflow reads format {want}: {RERUN[kind]}")
+
+
+# Checkpoint keys (best.pt, checkpoints/last.pt, checkpoints/best.pt).
+CKPT_MODEL = "model"  # state_dict
+CKPT_CONFIG = "config"  # TrainConfig as a dict
+CKPT_TRAIN_IDS = "train_ids"  # the Ids the model was trained on (predict's leak check)
+CKPT_FINGERPRINT = "fingerprint"  # train.job_fingerprint: what a resumed job must match
+
+# results/folds.csv: one row per train Id; fold -1 = left out (duplicates.policy drop_external).
+FOLDS_COLUMNS = ("Id", "dataset", "fold", "group")
+
+
+def read_folds(path: str | Path):
+    """folds.csv as a DataFrame, Ids as strings (an Id like 00001 or NA stays as written)."""
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype={"Id": str, "dataset": str}, keep_default_na=False)
+    if missing := [c for c in ("Id", "fold") if c not in table.columns]:
+        raise FormatError(f"{path}: no column {', '.join(missing)}; rerun the folds job (snakemake --forcerun folds)")
+    return table
+
+
+def read_duplicates(path: str | Path):
+    """duplicates.csv as a DataFrame, Ids as strings."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"id_a": str, "id_b": str, "dataset_a": str, "dataset_b": str})
+
+
 IMAGES = "images"
+ROW_DIGESTS = "row_digests"  # uint64 (N,): the first 8 bytes of each row's sha256, for content fingerprints
 IDS = "ids"
 TILE_ORIGIN = "tile_origin"
 HASHES = "hashes"

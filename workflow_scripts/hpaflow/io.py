@@ -6,6 +6,7 @@ four as (H, W, 4) in RGBY order. Errors are `ImageError`s that name the file.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,17 +18,25 @@ from .layout import COLORS, JPEG_PLANES, channel_path
 
 # The whole IEND chunk: zero length, type, CRC. Its 12 bytes do not occur by chance in a file.
 PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# Source plane -> shard size, shrinking or enlarging (the exported preprocessing.json names it from here).
+SHARD_INTERPOLATION = cv2.INTER_AREA
 
 
 class ImageError(ValueError):
     """A source image that is missing, unreadable, truncated or of the wrong shape."""
 
 
+def _missing(path: Path) -> ImageError:
+    if path.is_symlink():
+        return ImageError(f"{path}: broken symbolic link to {os.readlink(path)}")
+    return ImageError(f"{path}: missing file")
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ImageError(f"{path}: missing file") from None
+        raise _missing(path) from None
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror})") from None
     if not data:
@@ -54,6 +63,7 @@ class Uint16Scaling:
     that a shard can say once, not per plane, when the data do not look like `bits`-bit data."""
 
     bits: int = 16
+    key: str = "bits"  # the config key that sets `bits` (`datasets[1].bits`, `classify.bits`), for the warning
     planes: int = 0
     peak: int = 0
     clipped: int = 0
@@ -68,16 +78,22 @@ class Uint16Scaling:
     def warning(self) -> str | None:
         if not self.planes:
             return None
+        where = "" if "." in self.key else " on this dataset"  # a bare `bits` says which entry it is on
         if self.clipped:
             return (
                 f"{self.clipped} of {self.planes} uint16 planes hold values above {(1 << self.bits) - 1} "
                 f"(peak {self.peak}), clipped to 255: are they more than {self.bits}-bit data? "
-                "(dataset key `bits`)"
+                f"(config key `{self.key}`)"
+            )
+        if self.bits == 16 and self.peak < 256:
+            return (
+                f"all {self.planes} uint16 planes peak at {self.peak} (< 256): 8-bit values in 16-bit files? "
+                f"Mapped over the full 16-bit range they come out 257x dimmer; set `{self.key}: 8`{where}"
             )
         if self.bits == 16 and self.peak < 4096:
             return (
                 f"all {self.planes} uint16 planes peak at {self.peak} (< 4096): 12-bit camera data? Mapped "
-                "over the full 16-bit range they come out 16x dimmer; set `bits: 12` on this dataset"
+                f"over the full 16-bit range they come out 16x dimmer; set `{self.key}: 12`{where}"
             )
         return None
 
@@ -103,7 +119,9 @@ def decode_tiff(path: Path, scaling: Uint16Scaling | None = None) -> np.ndarray:
     """One single-plane TIFF, uint8 or uint16 (scaled by `uint16_to_uint8`); uncompressed or compressed
     (LZW, deflate, ... through imagecodecs)."""
     if not path.exists():
-        raise ImageError(f"{path}: missing file")
+        raise _missing(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: not a file")
     try:
         img = tifffile.imread(path)
     except Exception as e:  # tifffile raises many types for broken files
@@ -155,12 +173,19 @@ def decode_channel(path: Path, fmt: str, color: str, scaling: Uint16Scaling | No
 
 
 def read_rgby(
-    images_dir: str | Path, image_id: str, fmt: str, size: int | None = None, scaling: Uint16Scaling | None = None
+    images_dir: str | Path,
+    image_id: str,
+    fmt: str,
+    size: int | None = None,
+    scaling: Uint16Scaling | None = None,
+    source_sizes: list[int] | None = None,
 ) -> np.ndarray:
     """The four channels of one Id as uint8 (H, W, 4), RGBY order; all must share one square shape.
+    Channel files are found with any extension of the format in any case (`layout.channel_path`).
 
     With `size`, each plane is resized (cv2 INTER_AREA) to size x size as it is read, which
-    spares stacking full-size planes (a 2048 px image is 16 MB of them).
+    spares stacking full-size planes (a 2048 px image is 16 MB of them). `source_sizes`, if given,
+    gets the side of the field as read (before resizing), so that a caller can count small fields.
     """
     planes = [decode_channel(channel_path(images_dir, image_id, c, fmt), fmt, c, scaling) for c in COLORS]
     shapes = {p.shape for p in planes}
@@ -170,10 +195,12 @@ def read_rgby(
     h, w = planes[0].shape
     if h != w:
         raise ImageError(f"Id {image_id}: image is {w}x{h}, expected a square field of view")
+    if source_sizes is not None:
+        source_sizes.append(h)
     if size is None or size == h:
         return np.stack(planes, axis=-1)
     out = np.empty((size, size, 4), np.uint8)
     for c, p in enumerate(planes):
         # INTER_AREA averages source pixels when shrinking (no aliasing of fine structure).
-        out[:, :, c] = cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA)
+        out[:, :, c] = cv2.resize(p, (size, size), interpolation=SHARD_INTERPOLATION)
     return out

@@ -1,6 +1,7 @@
 """Backbone registry: build, load ImageNet weights from a folder, adapt input channels and head.
 
-A new backbone joins by one entry in BACKBONES. Nothing is downloaded at run time: weights are
+A new backbone joins by one entry in BACKBONES and its weight files in hpaflow.weights.WEIGHTS (read at
+planning time, where torch is not installed). Nothing is downloaded at run time: weights are
 read from `pretrained_dir` under their torch hub file names.
 """
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from .labels import NUM_CLASSES
+from .weights import WEIGHTS, WeightsError, weights_path  # noqa: F401 (WeightsError: the error callers catch)
 
 
 def _torchvision(name: str) -> Callable[[], nn.Module]:
@@ -40,8 +42,6 @@ def _pretrainedmodels(name: str) -> Callable[[], nn.Module]:
 @dataclass(frozen=True)
 class Backbone:
     build: Callable[[], nn.Module]  # ImageNet architecture with its 1000-way head
-    files: tuple[str, ...]  # accepted torch hub file names, preferred first
-    url: str  # where the first file comes from
     first_conv: str  # attribute path of the input convolution
     head: str  # attribute name of the final linear layer
 
@@ -49,52 +49,25 @@ class Backbone:
 BACKBONES: dict[str, Backbone] = {
     "resnet18": Backbone(
         _torchvision("resnet18"),
-        ("resnet18-5c106cde.pth", "resnet18-f37072fd.pth"),
-        "https://download.pytorch.org/models/resnet18-5c106cde.pth",
         "conv1",
         "fc",
     ),
     "resnet50": Backbone(
         _torchvision("resnet50"),
-        ("resnet50-19c8e357.pth", "resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"),
-        "https://download.pytorch.org/models/resnet50-19c8e357.pth",
         "conv1",
         "fc",
     ),
     "se_resnet50": Backbone(
         _pretrainedmodels("se_resnet50"),
-        ("se_resnet50-ce0d4300.pth",),
-        "http://data.lip6.fr/cadene/pretrainedmodels/se_resnet50-ce0d4300.pth",
         "layer0.conv1",
         "last_linear",
     ),
     "se_resnext50_32x4d": Backbone(
         _pretrainedmodels("se_resnext50_32x4d"),
-        ("se_resnext50_32x4d-a260b3a4.pth",),
-        "http://data.lip6.fr/cadene/pretrainedmodels/se_resnext50_32x4d-a260b3a4.pth",
         "layer0.conv1",
         "last_linear",
     ),
 }
-
-
-class WeightsError(FileNotFoundError):
-    pass
-
-
-def weights_path(backbone: str, pretrained_dir: str | Path) -> Path:
-    """The first accepted hub file present in pretrained_dir; else an error naming what to put where."""
-    spec = BACKBONES[backbone]
-    for name in spec.files:
-        p = Path(pretrained_dir) / name
-        if p.is_file():
-            return p
-    raise WeightsError(
-        f"ImageNet weights for {backbone} not found: expected {Path(pretrained_dir) / spec.files[0]}"
-        + (f" (or {', '.join(spec.files[1:])})" if len(spec.files) > 1 else "")
-        + f". Download it on a machine with internet from {spec.url} into pretrained_dir "
-        f"({pretrained_dir}), or set `pretrained: false` for this model."
-    )
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:

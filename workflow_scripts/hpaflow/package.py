@@ -4,7 +4,8 @@ A package is the folder `snakemake export` writes (results/export/hpa_classifier
   ensemble.onnx       uint8 RGBY (N, 4, S, S) -> probabilities (N, 28)
   thresholds.json     {"method", "at_least_one", "thresholds": [28 floats]}
   classes.json        {"0": "Nucleoplasm", ...}
-  preprocessing.json  channel files, uint16 rule, resize size (`resize.size` = S)
+  preprocessing.json  channel files, uint16 rule, and the two resizes: sources -> `resize.shard_size` px as the
+                      shard step does it, then each row -> `resize.size` = S px (the graph's input) as predict does
   README.md, and the bioimage.io model description: rdf.yaml, test_input.npy, test_output.npy, cover.png
   manifest.json       {"format": FORMAT, "files": {name: {"sha256", "bytes"}}} of every file above
 `snakemake classify` checks every file against the manifest before it predicts anything, so a
@@ -130,9 +131,28 @@ class Package:
         self.verify([name])
         return json.loads(self.read(name))
 
+    def sizes(self) -> tuple[int, int]:
+        """(shard size, input size): fields are sharded at the first (as the training data were) and each row
+        resized to the second (as predict resized them). A package without both is from an older export."""
+        resize = self.json("preprocessing.json").get("resize")
+        got = [resize.get(k) if isinstance(resize, dict) else None for k in ("shard_size", "size")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in got):
+            raise PackageError(
+                f"package {self.path}: preprocessing.json gives no resize.shard_size and resize.size (the size fields "
+                "are sharded at, and the model's input size): written by an older export; re-export the package "
+                "(snakemake export) with this workflow"
+            )
+        return got[0], got[1]
+
     @property
     def image_size(self) -> int:
-        return int(self.json("preprocessing.json")["resize"]["size"])
+        """The graph's input side."""
+        return self.sizes()[1]
+
+    @property
+    def shard_size(self) -> int:
+        """The side the fields' channel files are resized to by the shard code, before the graph's resize."""
+        return self.sizes()[0]
 
     def classes(self) -> list[str]:
         names = self.json("classes.json")

@@ -153,7 +153,7 @@ def headline_table(metrics: dict) -> str:
 
 def duplicate_pairs(duplicates_csv: str | Path, shard_files: list[str], path: str | Path, n: int = 6) -> None:
     """A few near-duplicate pairs side by side: label conflicts first, then train-test, then the closest."""
-    pairs = pd.read_csv(duplicates_csv, dtype={"id_a": str, "id_b": str})
+    pairs = h5n.read_duplicates(duplicates_csv)
     if len(pairs) == 0:
         fig, ax = plt.subplots(figsize=(6, 1.5))
         ax.axis("off")

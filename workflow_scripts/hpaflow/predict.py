@@ -78,24 +78,20 @@ def load_checkpoint(checkpoint: str | Path) -> dict:
     """A best.pt as written by training; errors name the file and what to do."""
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        missing = {"model", "config"} - set(state)
+        missing = {h5n.CKPT_MODEL, h5n.CKPT_CONFIG} - set(state)
     except Exception as e:  # torch raises many types for a truncated or foreign file
         raise ValueError(
             f"{checkpoint}: cannot be read as a checkpoint ({type(e).__name__}: {e}); delete it and rerun its train job"
         ) from None
     if missing:
         raise ValueError(f"{checkpoint}: not a model checkpoint (no {', '.join(sorted(missing))})")
+    h5n.check_format(checkpoint, "checkpoint", state.get(h5n.FORMAT))
     return state
 
 
 def check_no_leak(state: dict, checkpoint: str | Path, ids: np.ndarray, fold: int) -> None:
     """Refuse to score as out-of-fold any Id that the checkpoint's model was trained on."""
-    trained = state.get("train_ids")
-    if trained is None:
-        raise LeakError(
-            f"{checkpoint}: records no training Ids (written by an older version), so its "
-            "out-of-fold predictions cannot be checked for leaks; delete it and rerun its train job"
-        )
+    trained = state[h5n.CKPT_TRAIN_IDS]  # every checkpoint of this format records them (load_checkpoint)
     leaked = sorted(set(np.unique(ids)) & set(trained))
     if leaked:
         shown = ", ".join(leaked[:10]) + (", ..." if len(leaked) > 10 else "")
@@ -107,9 +103,9 @@ def check_no_leak(state: dict, checkpoint: str | Path, ids: np.ndarray, fold: in
 
 
 def load_model(state: dict, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    cfg = state["config"]
+    cfg = state[h5n.CKPT_CONFIG]
     model = build_model(cfg["backbone"], CHANNELS[cfg["color_mode"]])  # not pretrained: weights come next
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state[h5n.CKPT_MODEL])
     model.to(device)  # Module.to works in place
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -137,7 +133,7 @@ def write_predictions(path: str | Path, parts: dict[str, dict], attrs: dict) -> 
             for key in (h5n.LABELS, h5n.VIEWS):
                 if part.get(key) is not None:
                     g.create_dataset(key, data=part[key])
-        h5.attrs.update(attrs)
+        h5.attrs.update({**attrs, h5n.FORMAT: h5n.PREDICTIONS_FORMAT})
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,17 @@ A shard `results/shards/{dataset}/{index}.h5` holds, for rows i = 0..N-1:
   tile_origin int32 (N, 2)     (y, x) of the row's top-left corner in the resized image
   hashes      uint64 (N, 4)    pHash of each plane of the resized image (hashing.phash; a tile
                                carries its image's), for the near-duplicate search
+  row_digests uint64 (N,)       the first 8 bytes of each row's sha256 (content_fingerprint: what
+                               a model's checkpoint follows, whatever the shard boundaries or codec)
   labels      uint8 (N, 28)    train datasets only
-and attributes channel_order, image_size, tile_size, tiling, source_format, dataset, role, and
-content_digest: a sha256 of images, ids, tile_origin and labels, which training compares to decide
-whether a checkpoint was made with the same data. Without tiling, every row is one image and
-tile_origin is (0, 0).
+and attributes format_version (h5names.SHARD_FORMAT), channel_order, image_size, tile_size, tiling,
+source_format, dataset, role. Without tiling, every row is one image and tile_origin is (0, 0).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,6 @@ log = logging.getLogger("hpaflow")
 COMPRESSIONS = {"none": {}, "lzf": {"compression": "lzf"}, "gzip": {"compression": "gzip", "compression_opts": 4}}
 MAX_ERRORS_SHOWN = 20
 WRITE_BLOCK = 16  # images per HDF5 write call
-DIGEST_ATTR = "content_digest"
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class ShardSpec:
     tile_size: int | None = None
     compression: str = "none"
     bits: int = 16  # significant bits of uint16 sources
+    bits_key: str = "bits"  # the config key that sets `bits` (`datasets[1].bits`, `classify.bits`): warnings name it
 
     @property
     def row_size(self) -> int:
@@ -95,14 +96,15 @@ def write_shard(
             )
             origin = np.zeros((n_rows, 2), np.int32)
             hashes = np.zeros((n_rows, 4), np.uint64)
+            row_digests = np.zeros(n_rows, np.uint64)
             # Rows go to HDF5 in blocks: one write call per image costs more than the copy.
             block = np.empty((WRITE_BLOCK * spec.tiles_per_image, s, s, 4), np.uint8)
             row = filled = 0
-            digest = hashlib.sha256()  # of the image rows in order, as they are written
-            scaling = Uint16Scaling(spec.bits)
+            scaling = Uint16Scaling(spec.bits, spec.bits_key)
+            sources: list[int] = []  # side of each source field, to count those enlarged over 2x
             for image_id in ids:
                 try:
-                    rgby = read_rgby(spec.images_dir, image_id, spec.fmt, spec.image_size, scaling)
+                    rgby = read_rgby(spec.images_dir, image_id, spec.fmt, spec.image_size, scaling, sources)
                     tiles, origins = cut_tiles(rgby, spec)
                     hashes[row : row + len(tiles)] = phash_rgby(rgby)
                 except ImageError as e:
@@ -113,16 +115,15 @@ def write_shard(
                 if not errors:  # once one Id failed only checking goes on; the file is dropped
                     block[filled : filled + len(tiles)] = tiles
                     origin[row : row + len(tiles)] = origins
+                    row_digests[row : row + len(tiles)] = [row_digest(t) for t in tiles]
                     filled += len(tiles)
                     if filled == len(block):
                         images[row + len(tiles) - filled : row + len(tiles)] = block
-                        digest.update(block.data)
                         filled = 0
                 row += len(tiles)
                 progress.update()
             if filled and not errors:
                 images[row - filled : row] = block[:filled]
-                digest.update(np.ascontiguousarray(block[:filled]).data)
             if errors:
                 shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
                 more = len(errors) - MAX_ERRORS_SHOWN
@@ -133,17 +134,20 @@ def write_shard(
                 )
             if warning := scaling.warning():
                 log.warning("dataset %s, shard %d: %s", spec.dataset, shard_index, warning)
+            if warning := small_fields_warning(sources, spec.image_size):
+                log.warning("dataset %s, shard %d: %s", spec.dataset, shard_index, warning)
             repeat = spec.tiles_per_image
             row_ids = np.repeat(np.array(ids, dtype=object), repeat)
             row_labels = None if labels is None else np.repeat(labels.astype(np.uint8), repeat, axis=0)
             h5.create_dataset(h5n.IDS, data=row_ids, dtype=h5py.string_dtype())
             h5.create_dataset(h5n.TILE_ORIGIN, data=origin)
             h5.create_dataset(h5n.HASHES, data=hashes)
+            h5.create_dataset(h5n.ROW_DIGESTS, data=row_digests)
             if row_labels is not None:
                 h5.create_dataset(h5n.LABELS, data=row_labels)
             h5.attrs.update(
                 {
-                    DIGEST_ATTR: finish_digest(digest, row_ids, origin, row_labels),
+                    h5n.FORMAT: h5n.SHARD_FORMAT,
                     "channel_order": "RGBY",
                     "image_size": spec.image_size,
                     "tile_size": s,
@@ -157,44 +161,68 @@ def write_shard(
             )
 
 
-def finish_digest(digest, ids, tile_origin: np.ndarray, labels: np.ndarray | None) -> str:
-    """Add the per-row tables to a sha256 that has seen every image row, in order."""
-    digest.update("\0".join(map(str, ids)).encode())
-    digest.update(np.ascontiguousarray(tile_origin, np.int32).data)
-    if labels is not None:
-        digest.update(np.ascontiguousarray(labels, np.uint8).data)
-    return digest.hexdigest()
+def small_fields_warning(sources: list[int], image_size: int) -> str | None:
+    """Fields whose source is under half the shard's image_size are enlarged over 2x: blurred, and
+    unlike what the model saw in training (HPA fields are 512-2048 px)."""
+    small = [s for s in sources if 2 * s < image_size]
+    if not small:
+        return None
+    return (
+        f"{len(small)} of {len(sources)} fields are smaller than half of image_size {image_size} px "
+        f"(smallest {min(small)} px), enlarged over 2x: are they crops or thumbnails?"
+    )
 
 
-def shard_digest(path: str | Path) -> str:
-    """The content digest of a shard: the attribute its writer stored, or (a shard written before
-    digests existed) the same sha256 computed from its datasets."""
-    with h5py.File(path, "r") as h5:
-        if DIGEST_ATTR in h5.attrs:
-            return str(h5.attrs[DIGEST_ATTR])
-        digest = hashlib.sha256()
-        images = h5[h5n.IMAGES]
-        for start in range(0, len(images), WRITE_BLOCK):
-            digest.update(np.ascontiguousarray(images[start : start + WRITE_BLOCK]).data)
-        labels = h5[h5n.LABELS][...] if h5n.LABELS in h5 else None
-        return finish_digest(digest, h5[h5n.IDS].asstr()[...], h5[h5n.TILE_ORIGIN][...], labels)
+def row_digest(row: np.ndarray) -> int:
+    """The first 8 bytes of a row's sha256: with its Id, what a model's fingerprint follows (not the
+    shard it sits in, so that shard_size and hdf5_compression rerun no model)."""
+    return int.from_bytes(hashlib.sha256(np.ascontiguousarray(row).data).digest()[:8], "little")
+
+
+def check_format(path: str | Path, h5: h5py.File) -> None:
+    """A shard of this workflow's format; else the file and what to rerun."""
+    h5n.check_format(path, "shard", h5.attrs.get(h5n.FORMAT))
+
+
+def write_index(out: str | Path, shards: list[str]) -> dict:
+    """results/shards/{dataset}/index.json: the dataset's shard files in order, with their rows, after
+    checking each one's format."""
+    rows = []
+    for f in shards:
+        with h5py.File(f, "r") as h5:
+            check_format(f, h5)
+            rows.append(int(h5[h5n.IDS].shape[0]))
+    index = {h5n.FORMAT: h5n.SHARD_FORMAT, "shards": [str(f) for f in shards], "rows": rows}
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(json.dumps(index, indent=1) + "\n")
+    return index
+
+
+def content_fingerprint(files: list[str]) -> str:
+    """A sha256 of every row's Id, tile origin and row digest in Id order: the same for the same images
+    whatever the shard boundaries or codec."""
+    ids, origins, digests = [], [], []
+    for f in files:
+        with h5py.File(f, "r") as h5:
+            check_format(f, h5)
+            ids.append(h5[h5n.IDS].asstr()[...])
+            origins.append(h5[h5n.TILE_ORIGIN][...])
+            digests.append(h5[h5n.ROW_DIGESTS][...])
+    if not files:
+        return hashlib.sha256().hexdigest()
+    ids_, origin, dig = np.concatenate(ids), np.concatenate(origins), np.concatenate(digests)
+    order = np.lexsort((origin[:, 1], origin[:, 0], ids_))
+    h = hashlib.sha256("\0".join(ids_[order]).encode())
+    h.update(np.ascontiguousarray(origin[order], np.int32).data)
+    h.update(np.ascontiguousarray(dig[order], np.uint64).data)
+    return h.hexdigest()
 
 
 def shard_hashes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and (N, 4) pHashes of a shard's rows: stored, or (a shard written before hashes existed)
-    computed from its images, so that old shards need not be rewritten."""
-    from .hashing import phash_rgby  # as in write_shard
-
+    """Ids and (N, 4) pHashes of a shard's rows, as stored."""
     with h5py.File(path, "r") as h5:
-        ids = h5[h5n.IDS].asstr()[...]
-        if h5n.HASHES in h5:
-            return ids, h5[h5n.HASHES][...]
-        images = h5[h5n.IMAGES]
-        if h5.attrs.get("tiling", "none") != "none":
-            raise ValueError(f"{path}: a tiled shard without hashes; rewrite it (delete it and rerun)")
-        return ids, np.stack([phash_rgby(images[i]) for i in range(len(images))]) if len(images) else np.zeros(
-            (0, 4), np.uint64
-        )
+        check_format(path, h5)
+        return h5[h5n.IDS].asstr()[...], h5[h5n.HASHES][...]
 
 
 def read_fields(files: list[str]) -> Fields:

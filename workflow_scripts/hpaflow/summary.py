@@ -13,7 +13,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from . import h5names as h5n
 from .files import atomic_path
@@ -42,11 +41,12 @@ def _str(ds) -> np.ndarray:
 
 def assemble_model(fold_files: list[str], folds_csv: str) -> Predictions:
     """Out-of-fold rows in folds-table order; test probabilities averaged over the folds' models."""
-    table = pd.read_csv(folds_csv, dtype={"Id": str})
+    table = h5n.read_folds(folds_csv)
     table = table[table["fold"] >= 0]  # fold -1: left out (duplicates.policy drop_external)
     oof, test_ids, test_probs = {}, None, []
     for f in fold_files:
         with h5py.File(f, "r") as h5:
+            h5n.check_format(f, "predictions", h5.attrs.get(h5n.FORMAT))
             fold = int(h5.attrs["fold"])
             ids = _str(h5[h5n.OOF][h5n.IDS])
             expected = set(table.loc[table["fold"] == fold, "Id"])

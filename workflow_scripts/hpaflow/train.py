@@ -25,7 +25,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from . import h5names as h5n
 from .augment import prepare_batch
+from .contracts import STAGES
 from .data import ShardDataset, ShardRows, fold_of, make_sampler
 from .files import atomic_path
 from .losses import LOSSES
@@ -34,7 +36,7 @@ from .models import build_model
 from .predict import predict_probs
 from .progress import Progress, format_seconds
 from .runtime import autocast_dtype, pick_device, use_threads
-from .shards import shard_digest
+from .shards import content_fingerprint
 from .thresholds import best_global
 from .transforms import CHANNELS
 from .visdom import VisdomPlot
@@ -83,7 +85,8 @@ class TrainConfig:
 
     def settings(self) -> dict:
         """What the model depends on: everything but where and how fast it runs."""
-        return {k: v for k, v in asdict(self).items() if k not in ("threads", "device", "visdom")}
+        runs = {"threads", *STAGES["train"].steers}  # device, visdom, pretrained_dir (hpaflow.contracts)
+        return {k: v for k, v in asdict(self).items() if k not in runs}
 
 
 def _sha(*chunks: bytes) -> str:
@@ -114,7 +117,7 @@ def job_fingerprint(cfg: TrainConfig, rows: ShardRows, fold: np.ndarray, shard_f
         "training Ids": _sha(_sorted_ids(rows.subset(trained_on(fold, cfg.fold)))),
         "validation Ids": _sha(_sorted_ids(rows.subset(fold == cfg.fold))),
         "labels": _sha(_labels_by_id(rows)),
-        "shard contents": _sha(*(shard_digest(f).encode() for f in shard_files)),
+        "image contents": content_fingerprint(shard_files)[:16],
     }
 
 
@@ -124,7 +127,8 @@ def resumable_state(last: Path, fingerprint: dict[str, str]) -> dict | None:
         return None
     try:
         state = torch.load(last, map_location="cpu", weights_only=False)
-        old = state["fingerprint"]
+        h5n.check_format(last, "checkpoint", state.get(h5n.FORMAT))
+        old = state[h5n.CKPT_FINGERPRINT]
     except Exception as e:  # torch raises many types for a truncated or foreign file
         log.warning(
             "checkpoint %s cannot be read (%s: %s), e.g. the job was killed while writing it: starting from scratch",
@@ -133,9 +137,6 @@ def resumable_state(last: Path, fingerprint: dict[str, str]) -> dict | None:
             str(e).splitlines()[0] if str(e) else "",
         )
         return None
-    if not isinstance(old, dict):
-        log.warning("checkpoint %s was written by an older version of the workflow: starting from scratch", last)
-        return None
     changed = [part for part, value in fingerprint.items() if old.get(part) != value]
     if changed:
         log.warning("checkpoint %s is from another job (changed: %s): starting from scratch", last, ", ".join(changed))
@@ -143,15 +144,20 @@ def resumable_state(last: Path, fingerprint: dict[str, str]) -> dict | None:
     return state
 
 
+# models[].optimizer and models[].scheduler (optimizer, epochs) -> what each builds; the schema's enums are these keys.
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULERS = {
+    "cosine": lambda opt, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
+    "step": lambda opt, epochs: torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=0.1),
+}
+
+
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer):
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, cfg.epochs // 3), gamma=0.1)
+    return SCHEDULERS[cfg.scheduler](opt, cfg.epochs)
 
 
 def rng_state() -> dict:
@@ -225,7 +231,8 @@ class Training:
     def state(self, epoch: int, fingerprint: dict) -> dict:
         """last.pt: everything a resumed job needs to go on exactly as an uninterrupted one."""
         return {
-            "model": self.model.state_dict(),
+            h5n.FORMAT: h5n.CHECKPOINT_FORMAT,
+            h5n.CKPT_MODEL: self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -233,11 +240,11 @@ class Training:
             "epoch": epoch,
             "history": self.history,
             "best_f1": self.best_f1,
-            "fingerprint": fingerprint,
+            h5n.CKPT_FINGERPRINT: fingerprint,
         }
 
     def restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state[h5n.CKPT_MODEL])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -312,13 +319,14 @@ def end_epoch(t: Training, cfg: TrainConfig, row: dict, out: Path, fingerprint: 
     if improved:
         t.best_f1 = row["val_f1_best_global"]
         best = {
-            "model": t.model.state_dict(),
+            h5n.FORMAT: h5n.CHECKPOINT_FORMAT,
+            h5n.CKPT_MODEL: t.model.state_dict(),
             "epoch": row["epoch"],
             "val_f1": t.best_f1,
             "threshold": row["best_global_threshold"],
-            "config": asdict(cfg),
-            "fingerprint": fingerprint,
-            "train_ids": trained_on,
+            h5n.CKPT_CONFIG: asdict(cfg),
+            h5n.CKPT_FINGERPRINT: fingerprint,
+            h5n.CKPT_TRAIN_IDS: trained_on,
         }
         save(best, ckpt_dir / "best.pt")
     save(t.state(row["epoch"] - 1, fingerprint), ckpt_dir / "last.pt")

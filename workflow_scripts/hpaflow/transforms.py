@@ -27,11 +27,20 @@ STD = np.array([0.229, 0.224, 0.225, 0.229], np.float32)
 IDENTITY = np.array([0, 0, 1, 0, 0, 1, 0], np.float32)
 
 
+# Shard row -> model input (predict, training, classify); the exported preprocessing.json names them from here.
+SHRINK, ENLARGE = cv2.INTER_AREA, cv2.INTER_LINEAR
+
+
+def interpolation(side: int, size: int) -> int | None:
+    """The cv2 interpolation `resize` uses from side to size px; None: no resize (same size)."""
+    return None if side == size else SHRINK if size < side else ENLARGE
+
+
 def resize(x: np.ndarray, size: int) -> np.ndarray:
     """(H, W, C) to (size, size, C): INTER_AREA to shrink, bilinear to enlarge."""
-    if x.shape[0] == size:
+    interp = interpolation(x.shape[0], size)
+    if interp is None:
         return x
-    interp = cv2.INTER_AREA if size < x.shape[0] else cv2.INTER_LINEAR
     out = cv2.resize(x, (size, size), interpolation=interp)
     return out if out.ndim == 3 else out[..., None]
 
