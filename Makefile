@@ -39,7 +39,7 @@ lint: venv  # style settings (one line length) in pyproject.toml
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-config-readme: venv  # config/README.md from the schema (tests/test_config.py checks they agree)
+config-readme: venv  # config/README.md from the schema (tests/unit/test_config.py checks they agree)
 	cd workflow_scripts && ../$(VENV)/bin/python -m hpaflow.config ../config/schemas/config.schema.yaml > ../config/README.md
 
 clean:

@@ -216,7 +216,7 @@ def classify_package(wildcards):
 
 
 def classify_package_params(wildcards):
-    return given_package() or {"path": rules.export.output.package, "manifest": None}
+    return given_package() or {"path": str(rules.export.output.package), "manifest": None}
 
 
 def classify_shard_ids(wildcards):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -20,25 +21,20 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = REPO.parent / "shared" / "data"
 
-# The shipped demo config, shrunk: same datasets, tiny images and shards.
-TINY = {
-    **yaml.safe_load((REPO / "config" / "config.yaml").read_text()),
-    "image_size": 32,
-    "shard_size": 10,
-    "n_folds": 2,
-    "models": [{"name": "m", "backbone": "resnet18", "pretrained": False, "epochs": 1, "batch_size": 8}],
-    "demo": {
-        "dir": "data/demo",
-        "seed": 3,
-        "n_train": 24,
-        "n_test": 8,
-        "n_tiff": 6,
-        "n_jpg": 6,
-        "size": 64,
-        "tiff_size": 96,
-        "jpg_size": 80,
-    },
-}
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def workflow_config(name: str = "tiny") -> dict:
+    """A workflow test config (tests/configs/{name}.yaml): an overlay whose top-level keys replace those of
+    tiny.yaml, itself an overlay over the shipped demo config (config/config.yaml)."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for overlay in ["tiny"] + ([name] if name != "tiny" else []):
+        config.update(yaml.safe_load((CONFIGS / f"{overlay}.yaml").read_text()))
+    return json.loads(json.dumps(config))  # plain values, no shared objects (no YAML aliases when written)
+
+
+# The shipped demo config, shrunk: same datasets, tiny images and shards (tests/configs/tiny.yaml).
+TINY = workflow_config()
 
 
 needs_shared = pytest.mark.skipif(
@@ -116,7 +112,7 @@ def plan(proc: subprocess.CompletedProcess) -> dict[str, str]:
 
 def fake_weights(folder: Path) -> Path:
     """Empty files under every backbone's weight file name: enough for planning, which makes a pretrained
-    model's weight file an input of its train job (a real load needs real weights: tests/test_models.py)."""
+    model's weight file an input of its train job (a real load needs real weights: tests/unit/test_models.py)."""
     from hpaflow.weights import WEIGHTS
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -27,14 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / "results" / "mutation"  # --stage changes it (one folder per concurrent run)
 MODULES = ["metrics", "thresholds", "ensemble", "submission", "summary", "predict", "folds"]
 TESTS = [
-    "test_metrics.py",
-    "test_thresholds.py",
-    "test_ensemble_submission.py",
-    "test_summary.py",
-    "test_predict.py",
-    "test_folds.py",
-    "test_duplicates.py",  # group-aware folds (group_folds, rebalance with movable rows)
-    "test_config.py",  # each stage's settings built from the config (from_config)
+    "unit/test_metrics.py",
+    "unit/test_thresholds.py",
+    "unit/test_ensemble_submission.py",
+    "unit/test_summary.py",
+    "unit/test_predict.py",
+    "unit/test_folds.py",
+    "unit/test_duplicates.py",  # group-aware folds (group_folds, rebalance with movable rows)
+    "unit/test_config.py",  # each stage's settings built from the config (from_config)
 ]
 # mutmut's exit codes of a mutant's test run (mutmut.stats.status_by_exit_code).
 STATUS = {

@@ -53,7 +53,7 @@ def uint16_to_uint8(img: np.ndarray, bits: int) -> np.ndarray:
     stored as v * 257 comes back exactly.
     """
     # cv2's SIMD scaling rounds to nearest and saturates; it equals the integer formula for all
-    # 65,536 inputs (no input lies exactly on .5; tests/test_io.py checks every value): 25x faster on 2048 px.
+    # 65,536 inputs (no input lies exactly on .5; tests/unit/test_io.py checks every value): 25x faster on 2048 px.
     return cv2.convertScaleAbs(img, alpha=255.0 / ((1 << bits) - 1))
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, TINY, copy_workflow, write_config
+from conftest import REPO, copy_workflow, workflow_config, write_config
 from hpaflow.submission import check_submission
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
@@ -94,17 +94,7 @@ def test_dry_run_with_the_users_profile(workflow_dir):
     )
 
 
-# Job sizes for the 2-CPU test node; GPU rules keep gpu: 1 from the schema's defaults.
-SMALL = {"threads": 1, "mem_mb": 1000, "runtime": 30}
-CPU_RULES = ("demo_data", "shard", "duplicates", "folds", "model_summary", "ensemble", "submission", "plots")
-SLURM_CONFIG = {
-    **TINY,
-    "resources": {rule: SMALL for rule in CPU_RULES}
-    | {"train": {**SMALL, "mem_mb": 3000}, "predict": {**SMALL, "mem_mb": 3000}},
-    "models": [
-        {"name": "m", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False, "epochs": 12, "batch_size": 8}
-    ],
-}
+SLURM_CONFIG = workflow_config("slurm")  # job sizes for the 2-CPU test node (tests/configs/slurm.yaml)
 
 
 def test_workflow_on_slurm_with_a_requeued_train_job(cluster, tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY, copy_workflow, plan, run_snakemake, write_config
+from conftest import REPO, TINY, copy_workflow, plan, run_snakemake, workflow_config, write_config
 from hpaflow.weights import WEIGHTS
 
 
@@ -24,6 +24,7 @@ def test_each_clone_imports_its_own_package_whatever_venv_runs_it(tmp_path):
     shutil.copy(REPO / "pytest.ini", clone / "pytest.ini")
     (clone / "tests").mkdir()
     shutil.copy(REPO / "tests" / "conftest.py", clone / "tests" / "conftest.py")
+    shutil.copytree(REPO / "tests" / "configs", clone / "tests" / "configs")
     (clone / "tests" / "test_where.py").write_text(
         "import hpaflow\n"
         "from pathlib import Path\n\n\n"
@@ -110,16 +111,7 @@ def test_imagenet_weights_decide_by_content_not_by_folder(demo_csvs, tmp_path):
         write_config(demo_csvs / "config/config.yaml", TINY)
 
 
-TWO_MODELS = {
-    **TINY,
-    "models": [
-        {"name": "m1", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False, "epochs": 1, "batch_size": 8},
-        {"name": "m2", "backbone": "resnet18", "color_mode": "rgby", "pretrained": False, "epochs": 1, "batch_size": 8},
-    ],
-    "ensemble": {"weights": "fitted", "weight_step": 0.25},
-    "export": {"tta_views": [0, 1]},
-}
-KEYED = """def keyed(kind, pattern, folds=True):"""
+TWO_MODELS = workflow_config("two_models")
 
 
 def outputs(wf) -> dict:
@@ -188,3 +180,22 @@ def test_prediction_files_carry_their_format_and_another_is_refused(tmp_path):
         del h5.attrs["format_version"]
     with pytest.raises(FormatError, match=r"fold1\.h5: a predictions file of no format version; .* --forcerun predict"):
         assemble_model(files, str(tmp_path / "folds.csv"))
+
+
+def test_folds_rerun_when_id_format_decides_them_and_shards_do_not(tmp_path):
+    """The shipped hpav18 entry declares id_format hpav18; plain instead reruns the folds (not the shards);
+    with group_by_antibody false the id_format decides nothing."""
+    wf = copy_workflow(tmp_path / "wf")
+    assert [d.get("id_format") for d in TINY["datasets"]] == [None, None, "hpav18", None]
+    write_config(wf / "config/config.yaml", TINY)
+    run_snakemake(wf, "demo_data")
+    run_snakemake(wf, "preprocess", "folds")
+    plain = {"datasets": [{**d, "id_format": "plain"} for d in TINY["datasets"]]}
+    p = write_config(tmp_path / "plain.yaml", plain)
+    changed = run_snakemake(wf, "-n", "preprocess", "folds", "--configfile", str(p))
+    assert plan(changed) == {"folds": "1", "total": "1"}
+    off = {"duplicates": {"group_by_antibody": False}}
+    run_snakemake(wf, "preprocess", "folds", "--configfile", str(write_config(tmp_path / "off.yaml", off)))
+    both = write_config(tmp_path / "both.yaml", {**off, **plain})
+    again = run_snakemake(wf, "-n", "preprocess", "folds", "--configfile", str(both))
+    assert "Nothing to be done" in again.stdout + again.stderr

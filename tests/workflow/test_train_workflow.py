@@ -12,30 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import DATA, TINY, copy_workflow, kill_snakemake_when, run_snakemake, write_config
+from conftest import DATA, copy_workflow, kill_snakemake_when, run_snakemake, workflow_config, write_config
 from hpaflow.labels import CLASS_NAMES, encode, parse_target
 
-MODELS = [
-    {
-        "name": "r18_gyb",
-        "backbone": "resnet18",
-        "color_mode": "gyb",
-        "pretrained": False,
-        "epochs": 2,
-        "batch_size": 16,
-    },
-    {
-        "name": "r18_rgby",
-        "backbone": "resnet18",
-        "color_mode": "rgby",
-        "pretrained": False,
-        "epochs": 1,
-        "batch_size": 16,
-        "sampler": "oversample_rare",
-        "loss": "focal",
-    },
-]
-E2E = {**TINY, "models": MODELS, "resources": {"train": {"threads": 2, "gpu": 0}, "predict": {"threads": 2, "gpu": 0}}}
+E2E = workflow_config("e2e")
+MODELS = E2E["models"]
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +73,7 @@ def test_training_wrote_metrics_and_progress(e2e):
             assert "img/s" in log and "ETA" in log and "done: best validation macro F1" in log
 
 
-RESUME = {
-    **TINY,
-    "resources": {"train": {"threads": 1, "gpu": 0}},
-    "models": [
-        {"name": "m", "backbone": "resnet18", "color_mode": "gyb", "pretrained": False, "epochs": 4, "batch_size": 8}
-    ],
-}
+RESUME = workflow_config("resume")
 TARGET = "results/models/m/fold0/best.pt"
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED, TINY, copy_workflow, needs_shared, plan, run_snakemake, write_config
+from conftest import SHARED, needs_shared
 from hpaflow.demo import sample_label_sets
 from hpaflow.duplicates import PAIR_COLUMNS, DuplicateSettings
 from hpaflow.folds import assign_folds, folds_table, rebalance
@@ -363,22 +363,3 @@ def test_a_class_kept_out_of_folds_by_its_groups_is_warned_about_per_class(caplo
     with caplog.at_level("WARNING", logger="hpaflow"):
         folds_table({"h": LabelTable("x.csv", tuple(ids), y)}, 5, 0, NO_PAIRS, GROUP)
     assert caplog.records == []
-
-
-def test_folds_rerun_when_id_format_decides_them_and_shards_do_not(tmp_path):
-    """The shipped hpav18 entry declares id_format hpav18; plain instead reruns the folds (not the shards);
-    with group_by_antibody false the id_format decides nothing."""
-    wf = copy_workflow(tmp_path / "wf")
-    assert [d.get("id_format") for d in TINY["datasets"]] == [None, None, "hpav18", None]
-    write_config(wf / "config/config.yaml", TINY)
-    run_snakemake(wf, "demo_data")
-    run_snakemake(wf, "preprocess", "folds")
-    plain = {"datasets": [{**d, "id_format": "plain"} for d in TINY["datasets"]]}
-    p = write_config(tmp_path / "plain.yaml", plain)
-    changed = run_snakemake(wf, "-n", "preprocess", "folds", "--configfile", str(p))
-    assert plan(changed) == {"folds": "1", "total": "1"}
-    off = {"duplicates": {"group_by_antibody": False}}
-    run_snakemake(wf, "preprocess", "folds", "--configfile", str(write_config(tmp_path / "off.yaml", off)))
-    both = write_config(tmp_path / "both.yaml", {**off, **plain})
-    again = run_snakemake(wf, "-n", "preprocess", "folds", "--configfile", str(both))
-    assert "Nothing to be done" in again.stdout + again.stderr

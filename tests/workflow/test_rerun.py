@@ -10,17 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, copy_workflow, kill_snakemake_when, run_snakemake, write_config
+from conftest import TINY, copy_workflow, kill_snakemake_when, run_snakemake, workflow_config, write_config
 from hpaflow.predict import LeakError, PredictSettings, run_predict
 
 # Train datasets only: an out-of-fold run, whose default target ends with metrics.json and the report.
-NO_TEST = {
-    **TINY,
-    "datasets": [d for d in TINY["datasets"] if d["role"] == "train"],
-    "models": [{"name": "m", "backbone": "resnet18", "pretrained": False, "epochs": 2, "batch_size": 8}],
-    "predict": {"tta_views": [0, 5]},
-    "resources": {"train": {"threads": 1, "gpu": 0}, "predict": {"threads": 1, "gpu": 0}},
-}
+NO_TEST = workflow_config("no_test")
 FOLD0 = "results/models/m/fold0"
 
 
@@ -97,7 +91,7 @@ def test_changed_folds_or_labels_retrain_from_scratch(tmp_path, umask_022):
     table.to_csv(csv, index=False)
     run_snakemake(wf, f"{FOLD0}/best.pt")
     log = last_attempt(wf / "logs/train/m/fold0.log")
-    assert "is from another job (changed:" in log and "(changed: labels): starting from scratch" in log, log
+    assert "is from another job (changed:" in log and "labels): starting from scratch" in log, log
     assert "resuming" not in log
     third = torch.load(wf / f"{FOLD0}/best.pt", weights_only=False)
     assert third["fingerprint"]["labels"] != second["fingerprint"]["labels"]
