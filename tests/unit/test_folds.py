@@ -363,3 +363,32 @@ def test_a_class_kept_out_of_folds_by_its_groups_is_warned_about_per_class(caplo
     with caplog.at_level("WARNING", logger="hpaflow"):
         folds_table({"h": LabelTable("x.csv", tuple(ids), y)}, 5, 0, NO_PAIRS, GROUP)
     assert caplog.records == []
+
+
+def test_the_largest_group_is_named_wherever_it_sorts():
+    """The largest group comes second here (antibody 7 sorts and appears first): it is the one named."""
+    ids = [f"7_2_B7_1{k}" for k in range(5)] + [f"123_1_A1_{k}" for k in range(30)] + [f"8_2_B8_1{k}" for k in range(4)]
+    message = "form 3 groups (largest: antibody 123, 30 images)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        folds_table({"hpav18": table(ids)}, 4, 0, NO_PAIRS, GROUP, id_formats={"hpav18": "hpav18"})
+
+
+@pytest.mark.parametrize("n_folds", [2, 3])
+def test_a_class_with_exactly_n_folds_images_in_one_group_is_warned_about(caplog, n_folds):
+    """Class 27 on exactly n_folds fields, all of one antibody: it could be in every fold but is in one.
+    The warning names the other folds, "fold" for one, "folds" for several."""
+    ids = [f"9_1_A1_{k}" for k in range(n_folds)] + [f"{100 + k}_1_A1_1" for k in range(30)]
+    y = np.zeros((len(ids), 28), np.uint8)
+    y[:n_folds, 27] = 1
+    y[n_folds:, 5] = 1
+    with caplog.at_level("WARNING", logger="hpaflow"):
+        df = folds_table(
+            {"h": LabelTable("x.csv", tuple(ids), y)}, n_folds, 0, NO_PAIRS, GROUP, id_formats={"h": "hpav18"}
+        )
+    k = int(df["fold"][0])
+    others = [f for f in range(n_folds) if f != k]
+    word = "fold" if len(others) == 1 else "folds"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"class 27 (Rods & rings): {n_folds} images but none in the validation of {word} "
+        f"{', '.join(map(str, others))} (its groups are too few or too large)"
+    ]

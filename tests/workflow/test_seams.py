@@ -158,30 +158,6 @@ def test_members_are_found_by_key_whatever_the_input_order(tmp_path):
     assert not np.allclose(before["weights"], before["weights"][0])  # fitted, unequal: the order would show
 
 
-def test_prediction_files_carry_their_format_and_another_is_refused(tmp_path):
-    """predict writes format_version; model_summary meets another format and stops with the file and the
-    rerun, instead of reading it as if it were current."""
-    from hpaflow.h5names import FormatError
-    from hpaflow.predict import write_predictions
-    from hpaflow.summary import assemble_model
-
-    (tmp_path / "folds.csv").write_text("Id,dataset,fold,group\na,d,0,a\nb,d,1,b\n")
-    files = []
-    for fold, image_id in enumerate("ab"):
-        part = {"ids": [image_id], "probs": np.full((1, 28), 0.25 * (fold + 1), np.float32)}
-        part["labels"] = np.zeros((1, 28), np.uint8)
-        files.append(str(tmp_path / f"fold{fold}.h5"))
-        write_predictions(files[-1], {"oof": part}, {"model": "m", "fold": fold})
-    with h5py.File(files[0], "r") as h5:
-        assert h5.attrs["format_version"] == 1
-    p = assemble_model(files, str(tmp_path / "folds.csv"))
-    assert p.oof_ids.tolist() == ["a", "b"] and p.oof_probs[:, 0].tolist() == [0.25, 0.5]
-    with h5py.File(files[1], "a") as h5:
-        del h5.attrs["format_version"]
-    with pytest.raises(FormatError, match=r"fold1\.h5: a predictions file of no format version; .* --forcerun predict"):
-        assemble_model(files, str(tmp_path / "folds.csv"))
-
-
 def test_folds_rerun_when_id_format_decides_them_and_shards_do_not(tmp_path):
     """The shipped hpav18 entry declares id_format hpav18; plain instead reruns the folds (not the shards);
     with group_by_antibody false the id_format decides nothing."""
