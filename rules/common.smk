@@ -154,9 +154,10 @@ def model_settings(wildcards):
     return m
 
 
-def decides(stage):
-    """A rule's params: the config keys that decide its stage's outputs (hpaflow.contracts)."""
-    return decided_by(stage, config)
+def decides(stage, but=()):
+    """A rule's params: the config keys that decide its stage's outputs (hpaflow.contracts), less those a
+    job takes per wildcard instead (`but`: a train job's own models[] entry, params.model)."""
+    return decided_by(stage, config, but)
 
 
 def job_threads(rule):

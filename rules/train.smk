@@ -23,7 +23,7 @@ rule train:
     params:
         model=model_settings,
         weights=pretrained_weights,
-        decides=pick(config, ["seed"]),
+        decides=decides("train", but=("models",)),
     script:
         "../workflow_scripts/train.py"
 

@@ -10,7 +10,8 @@ with logged(snakemake.log[0]) as log:
     c = p.decides["classify"]
     ids = list(p.files)  # the listing's Ids of this shard (their file names decide it too)
     index = int(snakemake.wildcards.index)
-    log.info("folder %s", list_channels(c["images"], c["format"]).summary())  # what was ignored, counted
+    if index == 0:  # what the listing ignored, counted: once per folder, not a folder scan per shard job
+        log.info("folder %s", list_channels(c["images"], c["format"]).summary())
     size = Package(p.package["path"]).shard_size  # as the training shards; classify resizes rows as predict
     spec = ShardSpec(
         dataset=snakemake.wildcards.name,

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from hpaflow.labels import read_labels
 from hpaflow.layout import shard_slice
 from hpaflow.runlog import logged
@@ -9,7 +11,7 @@ with logged(snakemake.log[0]) as log:
     index = int(snakemake.wildcards.index)
     table = read_labels(snakemake.input[0], d["role"] == "train")
     rows = shard_slice(index, len(table), p.storage["shard_size"])
-    images = f"{c['data_root']}/{d['images']}"
+    images = str(Path(c["data_root"]) / d["images"])  # as config.dataset_path: an absolute `images` stands alone
     spec = ShardSpec(
         dataset=d["name"],
         fmt=d["format"],

@@ -154,9 +154,9 @@ def pick(config: dict, keys: tuple[str, ...] | list[str]) -> dict:
     return out
 
 
-def decided_by(stage: str, config: dict) -> dict:
-    """What decides a stage's outputs (the rule's params): its `decides` keys."""
-    return pick(config, STAGES[stage].decides)
+def decided_by(stage: str, config: dict, but: tuple[str, ...] = ()) -> dict:
+    """What decides a stage's outputs (the rule's params): its `decides` keys, less `but`."""
+    return pick(config, [k for k in STAGES[stage].decides if k not in but])
 
 
 def merge(a: dict, b: dict) -> dict:

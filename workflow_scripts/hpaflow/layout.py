@@ -196,10 +196,6 @@ def indexed_shards(indexes: list[str | Path]) -> list[str]:
     files: list[str] = []
     for path in indexes:
         index = json.loads(Path(path).read_text())
-        if index.get(h5n.FORMAT) != h5n.SHARD_FORMAT:
-            raise ValueError(
-                f"{path}: index of shard format {index.get(h5n.FORMAT)}, this workflow reads format "
-                f"{h5n.SHARD_FORMAT}; rewrite the shards: snakemake --forcerun shard"
-            )
+        h5n.check_format(path, "shard", index.get(h5n.FORMAT))
         files += index["shards"]
     return files
