@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from conftest import REPO
-from hpaflow import data, duplicates, ensemble, layout, losses, models, predict, shards, thresholds, train, transforms
+from hpaflow import augment, data, duplicates, ensemble, layout, losses, models, predict, shards, thresholds, train, transforms
 from hpaflow.summary import Predictions
 
 SCHEMA = yaml.safe_load((REPO / "config" / "schemas" / "config.schema.yaml").read_text())
@@ -25,16 +25,21 @@ REGISTRIES: dict[str, Callable[[], object]] = {
     "hdf5_compression": lambda: shards.COMPRESSIONS,
     "duplicates.channels[]": lambda: layout.COLORS,
     "duplicates.policy": lambda: duplicates.POLICIES,
-    "models[].backbone": lambda: models.BACKBONES,
+    "models[].backbone": lambda: models.BACKBONES,  # and timm/<name> (a pattern, no enum)
+    "models[].head": lambda: models.HEADS,
     "models[].color_mode": lambda: transforms.COLOR_MATRICES,
+    "models[].normalize": lambda: augment.NORMALIZERS,
+    "models[].class_weights": lambda: losses.CLASS_WEIGHTS,
     "models[].optimizer": lambda: train.OPTIMIZERS,
     "models[].scheduler": lambda: train.SCHEDULERS,
     "models[].loss": lambda: losses.LOSSES,
+    "models[].loss{}": lambda: losses.LOSSES,  # the terms of a weighted sum
     "models[].sampler": lambda: data.SAMPLERS,
     "predict.tta_combine": lambda: predict.REDUCERS,
     "predict.tile_combine": lambda: predict.REDUCERS,
+    "predict.crop_placement": lambda: transforms.CROP_PLACEMENTS,
     "thresholds.methods[]": lambda: thresholds.METHODS,
-    "thresholds.final": lambda: thresholds.METHODS,
+    "thresholds.final": lambda: thresholds.FINAL_METHODS,
     "ensemble.weights": lambda: ensemble.WEIGHTINGS,
     "classify.format": lambda: layout.EXTENSIONS,
 }
@@ -47,6 +52,10 @@ def schema_enums(node: dict, path: str = "") -> Iterator[tuple[str, list]]:
     """(key path, enum) of every enum in the schema, `[]` standing for a list's items."""
     if "enum" in node:
         yield path, node["enum"]
+    for alt in node.get("anyOf", []):  # a choice of shapes (backbone: a name or timm/<name>)
+        yield from schema_enums(alt, path)
+    if "propertyNames" in node:  # a mapping keyed by names (a weighted sum of losses)
+        yield from schema_enums(node["propertyNames"], f"{path}{{}}")
     for name, sub in node.get("properties", {}).items():
         yield from schema_enums(sub, f"{path}.{name}" if path else name)
     if isinstance(node.get("items"), dict):
@@ -69,7 +78,7 @@ def test_schema_enum_equals_its_code_registry(key):
 
 
 def test_a_registry_entry_missing_from_the_schema_is_caught(monkeypatch):
-    monkeypatch.setitem(models.BACKBONES, "resnet34", models.BACKBONES["resnet18"])
+    monkeypatch.setitem(models.BACKBONES, "vgg16", models.BACKBONES["resnet18"])
     assert sorted(ENUMS["models[].backbone"]) != sorted(REGISTRIES["models[].backbone"]())
 
 

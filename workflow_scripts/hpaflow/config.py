@@ -63,6 +63,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         unknown = sorted(set(error.instance) - set(allowed))
         prefix = "" if not error.absolute_path else where + "."
         return "; ".join(f"{prefix}{k}: unknown key (allowed: {', '.join(allowed)})" for k in unknown)
+    if error.validator == "anyOf" and error.context:  # say what each alternative wanted
+        return f"{where}: " + ", nor ".join(dict.fromkeys(e.message for e in error.context if not e.relative_path))
     return f"{where}: {error.message}"
 
 
@@ -146,6 +148,30 @@ def check_config(config: dict) -> None:
     for i, name in enumerate(models):
         if models.index(name) != i:
             raise ConfigError(f"models[{i}].name: {name!r} is used by models[{models.index(name)}] too")
+    for i, m in enumerate(config.get("models", [])):
+        check_model(config, i, m)
+
+
+def check_model(config: dict, i: int, m: dict) -> None:
+    """A model entry's keys that only make sense together (the schema checks each alone)."""
+    where = f"models[{i}]"
+    size = m.get("image_size") or (config.get("tile_size") if config["tiling"] == "grid" else config["image_size"])
+    if m["crop_size"] is not None and m["crop_size"] > size:
+        raise ConfigError(f"{where}.crop_size: {m['crop_size']} is larger than the model's image_size {size}")
+    steps, rates = m["step_epochs"], m["step_rates"]
+    if (steps is None) != (rates is None) or (steps is not None and len(steps) != len(rates)):
+        raise ConfigError(
+            f"{where}.step_rates: give one rate per step_epochs entry (step_epochs {steps}, step_rates {rates})"
+        )
+    if steps is not None:
+        if m["scheduler"] != "step":
+            raise ConfigError(f"{where}.step_epochs: set with scheduler {m['scheduler']!r}; it applies to step only")
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ConfigError(f"{where}.step_epochs: {steps} must increase")
+    if m["warmup_epochs"] >= m["epochs"]:
+        raise ConfigError(f"{where}.warmup_epochs: {m['warmup_epochs']} leaves none of the {m['epochs']} epochs")
+    if m["average_last"] > m["epochs"]:
+        raise ConfigError(f"{where}.average_last: {m['average_last']} is more than the {m['epochs']} epochs")
 
 
 def check_exportable(config: dict) -> None:
@@ -202,6 +228,10 @@ def read_dataset(config: dict, i: int) -> LabelTable:
 
 
 def _type_of(node: dict) -> str:
+    if "anyOf" in node:
+        return " or ".join(_type_of(alt) for alt in node["anyOf"])
+    if "pattern" in node:
+        return f"string `{node['pattern']}`"
     if "enum" in node:
         return " \\| ".join("null" if v is None else str(v) for v in node["enum"])
     t = node.get("type", "object" if "properties" in node else "")

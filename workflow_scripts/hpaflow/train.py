@@ -61,13 +61,26 @@ class TrainConfig:
     weight_decay: float
     optimizer: str
     scheduler: str
-    loss: str
+    loss: str | dict[str, float]
     sampler: str
     augment: bool
     seed: int
     device: str
     threads: int
     visdom: dict
+    head: str
+    head_hidden: int
+    dropout: float
+    crop_size: int | None
+    normalize: str
+    accumulate: int
+    step_epochs: list[int] | None
+    step_rates: list[float] | None
+    restart_period: int
+    warmup_epochs: int
+    average_last: int
+    focal_gamma: float
+    class_weights: str | list[float] | None
 
     @classmethod
     def from_config(cls, config: dict, model: dict, fold: int, threads: int) -> TrainConfig:
