@@ -22,16 +22,25 @@ with logged(snakemake.log[0]) as log:
     with h5py.File(snakemake.input.ensemble, "r") as h5:
         weights, thresholds = h5.attrs["weights"], h5[h5n.THRESHOLDS][...]
     use_threads(snakemake.threads)
-    module = EnsembleModule.from_checkpoints(checkpoints, weights, settings.views, settings.tta_combine)
+    module = EnsembleModule.from_checkpoints(
+        checkpoints,
+        weights,
+        settings.views,
+        settings.tta_combine,
+        crops=settings.crops,
+        crop_placement=settings.crop_placement,
+        seed=settings.seed,
+    )
     size, shards = module.image_size, indexed_shards(list(snakemake.input.shards))
     rows = ShardRows.from_files(shards)
     ds = ShardDataset(rows, size)  # predict's reading: S px shard rows resized to the models' M px
     sample = np.stack([ds[i][0].numpy() for i in range(min(8, len(ds)))])  # real shard rows
     s = shard_size(shards)
     log.info(
-        "exporting %d members x %d TTA views: %d px shard rows -> %d px",
+        "exporting %d members x %d TTA views (crops per member %s): %d px shard rows -> %d px",
         len(module.models),
         len(settings.views),
+        [0 if c is None else len(c[1]) for c in module.crops],
         s,
         size,
     )

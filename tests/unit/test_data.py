@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from hpaflow import h5names as h5n
 from hpaflow.augment import prepare_batch
 from hpaflow.data import ShardDataset, ShardRows, fold_of, make_sampler, rare_class_weights
-from hpaflow.transforms import IDENTITY, MEAN, STD
+from hpaflow.transforms import IDENTITY, MEAN, STD, sample_params
 
 
 def tiny_shard(path, ids, images, labels=None):
@@ -80,3 +80,61 @@ def test_samplers_are_fixed_by_seed_and_epoch():
     assert np.isclose(w[-1] / w[0], 3.0)  # (0.9 / 0.1) ** 0.5
     drawn = labels[list(make_sampler("oversample_rare", labels, 0, 0))]
     assert 0.2 < drawn[:, 27].mean() < 0.3  # 10% of images, drawn at 300 / 1200 = 25%
+
+
+@pytest.fixture
+def numbered_shard(tmp_path):
+    """Four 8x8 images whose red plane numbers its pixels (row-major, + 64 per image): a crop tells where it lies."""
+    imgs = np.zeros((4, 8, 8, 4), np.uint8)
+    imgs[..., 0] = np.arange(4 * 64).reshape(4, 8, 8) % 256
+    tiny_shard(tmp_path / "n.h5", ["a", "b", "c", "d"], imgs, np.eye(28, dtype=np.uint8)[[0, 1, 2, 3]])
+    return ShardRows.from_files([tmp_path / "n.h5"])
+
+
+def crop_corners(ds: ShardDataset, batches=None) -> list[tuple[int, int]]:
+    """Top-left corner (y, x) of each sample's 4x4 crop, read from the numbered red plane."""
+    crops = [ds[i][0] for i in range(len(ds))] if batches is None else torch.cat([x for x, _, _ in batches])
+    corners = []
+    for i, crop in enumerate(crops):
+        assert crop.shape == (4, 4, 4)
+        first = int(crop[0, 0, 0]) - 64 * i
+        y, x = divmod(first, 8)
+        whole = torch.arange(64, dtype=torch.uint8).reshape(8, 8) + 64 * i
+        assert torch.equal(crop[0], whole[y : y + 4, x : x + 4])  # a true window of the resized image
+        corners.append((y, x))
+    return corners
+
+
+def test_training_crops_are_fixed_by_seed_epoch_and_index(numbered_shard):
+    """A random 4x4 square of each 8x8 training image: the same for the same (seed, epoch, index), a resumed run
+    (a new dataset at that epoch) and any worker count; other epochs and seeds move it; augmentation parameters
+    are those the sample had without crops."""
+    ds = ShardDataset(numbered_shard, 8, train=True, seed=3, crop_size=4)
+    ds.set_epoch(2)
+    corners = crop_corners(ds)
+    assert all(0 <= y <= 4 and 0 <= x <= 4 for y, x in corners)
+    assert crop_corners(ds) == corners
+    resumed = ShardDataset(numbered_shard, 8, train=True, seed=3, crop_size=4)
+    resumed.set_epoch(2)
+    assert crop_corners(resumed) == corners
+    for workers in (0, 2):
+        assert crop_corners(ds, DataLoader(ds, batch_size=3, num_workers=workers)) == corners
+    epochs = []
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        epochs.append(crop_corners(ds))
+    assert epochs[2] == corners and len({tuple(e) for e in epochs}) == 4
+    other = ShardDataset(numbered_shard, 8, train=True, seed=4, crop_size=4)
+    other.set_epoch(2)
+    assert crop_corners(other) != corners
+    # Parameters first from the sample's generator, the crop next: the parameters are those it had without crops.
+    before = np.stack([sample_params(np.random.default_rng([3, 2, i])) for i in range(4)])
+    assert np.array_equal(np.stack([resumed[i][1].numpy() for i in range(4)]), before)
+
+
+def test_validation_reads_the_whole_image_and_a_crop_must_fit(numbered_shard):
+    ds = ShardDataset(numbered_shard, 8, crop_size=4)  # not training: predict cuts its own crops
+    assert ds[1][0].shape == (4, 8, 8) and int(ds[1][0][0, 0, 0]) == 64
+    assert ShardDataset(numbered_shard, 8, train=True, crop_size=8)[0][0].shape == (4, 8, 8)
+    with pytest.raises(ValueError, match="crop_size 9 must be between 1 and the image size 8"):
+        ShardDataset(numbered_shard, 8, train=True, crop_size=9)

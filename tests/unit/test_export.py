@@ -6,15 +6,19 @@ from __future__ import annotations
 import copy
 import re
 
+import h5py
 import httpx
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import yaml
 
 from conftest import REPO
+from hpaflow import h5names as h5n
 from hpaflow.config import ConfigError, check_exportable, validate_config
+from hpaflow.data import ShardRows
 from hpaflow.ensemble import weighted_mean
 from hpaflow.export import (
     UNWRITTEN,
@@ -24,12 +28,14 @@ from hpaflow.export import (
     bioimageio_rdf,
     check_onnx,
     check_rdf,
+    crops_phrase,
     export_onnx,
     member_weights,
+    preprocessing,
     write_package,
 )
 from hpaflow.models import build_model
-from hpaflow.predict import combine, load_checkpoint, load_model, predict_probs
+from hpaflow.predict import combine, load_checkpoint, load_model, model_crops, predict_probs, predict_rows
 from hpaflow.transforms import CHANNELS
 
 VIEWS = [0, 3, 6]
@@ -37,12 +43,17 @@ WEIGHTS = [0.7, 0.3]  # per model, as results/ensemble.h5 stores them
 SIZE = 32
 
 
-def checkpoint(path, color_mode: str, seed: int) -> str:
+NO_CROPS = {"crops": 0, "crop_placement": "fixed", "seed": 0}
+
+
+def checkpoint(path, color_mode: str, seed: int, crop_size: int | None = None, normalize: str = "imagenet") -> str:
     """A tiny best.pt as training writes it (cf. test_predict.checkpoint), random weights."""
     torch.manual_seed(seed)
     model = build_model("resnet18", CHANNELS[color_mode])
     cfg = {"name": path.parent.name, "backbone": "resnet18", "color_mode": color_mode, "image_size": SIZE}
-    torch.save({"format_version": 1, "model": model.state_dict(), "config": cfg, "train_ids": ["a"]}, path)
+    cfg |= {"crop_size": crop_size, "normalize": normalize, "head": "linear", "head_hidden": 512, "dropout": 0.5}
+    state = {"format_version": h5n.CHECKPOINT_FORMAT, "model": model.state_dict(), "config": cfg, "train_ids": ["a"]}
+    torch.save(state, path)
     return str(path)
 
 
@@ -90,7 +101,7 @@ def by_predict(checkpoints: list[list[str]], rgby: torch.Tensor, tta_combine: st
 
 @pytest.mark.parametrize("tta_combine", ["mean", "max"])
 def test_module_computes_what_predict_summary_and_ensemble_compute(checkpoints, tta_combine):
-    module = EnsembleModule.from_checkpoints(checkpoints, WEIGHTS, VIEWS, tta_combine)
+    module = EnsembleModule.from_checkpoints(checkpoints, WEIGHTS, VIEWS, tta_combine, **NO_CROPS)
     x = images(5)
     with torch.no_grad():
         got = module(x).numpy()
@@ -101,7 +112,7 @@ def test_module_computes_what_predict_summary_and_ensemble_compute(checkpoints, 
     with torch.no_grad():
         members = module.member_probs(x).numpy()
         rule = {"mean": "max", "max": "mean"}[tta_combine]
-        other = EnsembleModule(list(zip(module.models, module.color_modes)), VIEWS, rule, module.weights.tolist())
+        other = EnsembleModule(module.members, VIEWS, rule, module.weights.tolist())
         assert np.abs(other(x).numpy() - got).max() > 1e-3
     assert np.abs(members[0] - members[1]).max() > 1e-3  # the folds of one model
     assert np.abs(weighted_mean([members[:2].mean(0), members[2:].mean(0)], np.ones(2)) - got).max() > 1e-3
@@ -109,7 +120,7 @@ def test_module_computes_what_predict_summary_and_ensemble_compute(checkpoints, 
 
 @pytest.mark.parametrize("tta_combine", ["mean", "max"])
 def test_onnx_graph_matches_the_module_for_any_batch_size(checkpoints, tta_combine, tmp_path):
-    module = EnsembleModule.from_checkpoints(checkpoints, WEIGHTS, VIEWS, tta_combine)
+    module = EnsembleModule.from_checkpoints(checkpoints, WEIGHTS, VIEWS, tta_combine, **NO_CROPS)
     path = tmp_path / "ensemble.onnx"
     export_onnx(module, SIZE, path)
     assert [p.name for p in tmp_path.iterdir()] == ["ensemble.onnx"]  # one file, weights inside
@@ -123,6 +134,66 @@ def test_onnx_graph_matches_the_module_for_any_batch_size(checkpoints, tta_combi
     for n in (1, 5):
         assert check_onnx(path, module, x[:n]) <= 1e-4
     path.unlink()  # ~180 MB
+
+
+def shard_rows(path, n: int, seed: int) -> ShardRows:
+    """A shard of n random whole SIZE px RGBY rows, as the shard step writes them (the keys predict reads)."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset(h5n.IMAGES, data=rng.integers(0, 256, (n, SIZE, SIZE, 4), dtype=np.uint8))
+        h5.create_dataset(h5n.IDS, data=np.array([f"i{k}" for k in range(n)], dtype=object), dtype=h5py.string_dtype())
+        h5.attrs[h5n.FORMAT] = h5n.SHARD_FORMAT
+    return ShardRows.from_files([path])
+
+
+def test_onnx_graph_scores_crops_and_per_image_normalisation_as_predict_does(tmp_path):
+    """Members with their own crop sizes and normalisations, crops=4 fixed, tta_combine max: the exported graph
+    gives what predict gives (each member's crops x views from the shard rows, combined by max; the members'
+    weighted mean), to 1e-5."""
+    files = []
+    for name, mode, seed, crop, norm in [("a", "gyb", 1, 24, "per_image"), ("b", "rgby", 2, 16, "imagenet")]:
+        (tmp_path / name).mkdir()
+        files.append(checkpoint(tmp_path / name / "best.pt", mode, seed, crop_size=crop, normalize=norm))
+    rows = shard_rows(tmp_path / "s.h5", 3, seed=5)
+    crops = {"crops": 4, "crop_placement": "fixed", "seed": 0}
+    expected = []
+    for f in files:
+        model, cfg = load_model(load_checkpoint(f), torch.device("cpu"))
+        offsets = model_crops(cfg, **crops)
+        _, probs, per_view = predict_rows(
+            model, cfg, rows, torch.device("cpu"), VIEWS, "max", "mean", 2, 0, offsets=offsets
+        )
+        assert per_view.shape == (4 * len(VIEWS), 3, 28)
+        expected.append(probs)
+    expected = weighted_mean(expected, np.array(WEIGHTS))
+    module = EnsembleModule.from_checkpoints([[files[0]], [files[1]]], WEIGHTS, VIEWS, "max", **crops)
+    assert module.describe()[0] == {
+        "color_mode": "gyb",
+        "normalize": "per_image",
+        "crop_size": 24,
+        "crop_offsets_yx": [[0, 0], [0, 8], [8, 0], [8, 8]],  # the corners of 32 px
+    }
+    assert module.describe()[1]["crop_size"] == 16 and module.describe()[1]["crop_offsets_yx"][3] == [16, 16]
+    path = tmp_path / "ensemble.onnx"
+    export_onnx(module, SIZE, path)
+
+    with h5py.File(tmp_path / "s.h5") as h5:  # the shard rows as the graph takes them (SIZE px: no resize)
+        x = np.ascontiguousarray(h5[h5n.IMAGES][...].transpose(0, 3, 1, 2))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {"rgby": x})
+    path.unlink()
+    assert np.abs(got - expected).max() <= 1e-5
+    # The crops matter: the whole image, or mean over crops, would not match by chance.
+    whole = EnsembleModule.from_checkpoints([[files[0]], [files[1]]], WEIGHTS, VIEWS, "max", **NO_CROPS)
+    mean = EnsembleModule(module.members, VIEWS, "mean", module.weights.tolist())
+    with torch.no_grad():
+        assert np.abs(whole(torch.as_tensor(x)).numpy() - expected).max() > 1e-3
+        assert np.abs(mean(torch.as_tensor(x)).numpy() - expected).max() > 1e-3
+    # What the package says of it.
+    settings = ExportSettings(VIEWS, "max", True, [], ["A B"], "CC-BY-4.0", 4, "fixed", 0)
+    assert crops_phrase(module, settings) == " x 4 crops (fixed placement) of 16/24 px"
+    assert crops_phrase(whole, settings) == ""
+    assert preprocessing(SIZE, [], SIZE, module.describe())["members"] == module.describe()
 
 
 def test_member_weights_split_each_model_weight_over_its_folds():
@@ -149,7 +220,9 @@ def test_members_of_different_image_sizes_are_refused(checkpoints, tmp_path):
     state["config"]["image_size"] = 64
     torch.save(state, tmp_path / "best.pt")
     with pytest.raises(ValueError, match=re.escape("the members' image sizes differ ([32, 64])")):
-        EnsembleModule.from_checkpoints([checkpoints[0], [str(tmp_path / "best.pt")]], WEIGHTS, VIEWS, "mean")
+        EnsembleModule.from_checkpoints(
+            [checkpoints[0], [str(tmp_path / "best.pt")]], WEIGHTS, VIEWS, "mean", **NO_CROPS
+        )
 
 
 # --- what export refuses before it writes, or before anything is trained ----------------------------------
@@ -169,7 +242,7 @@ def demo_config(**changes) -> dict:
 
 
 def settings(license: str) -> ExportSettings:
-    return ExportSettings(VIEWS, "mean", True, [], ["A B"], license)
+    return ExportSettings(VIEWS, "mean", True, [], ["A B"], license, 0, "fixed", 0)
 
 
 def test_check_exportable_names_the_key_export_cannot_take():
@@ -214,7 +287,7 @@ def offline(monkeypatch) -> list:
 def test_an_invalid_licence_stops_export_naming_the_field_and_writes_nothing(checkpoints, tmp_path, offline, license):
     """A licence that is no SPDX id (a free text, or an id-shaped name that SPDX does not list) fails bioimage.io's
     validation, offline, before anything is written: the error names `license`, and there is no package folder."""
-    module = EnsembleModule.from_checkpoints(checkpoints[:1], [1.0], VIEWS, "mean")
+    module = EnsembleModule.from_checkpoints(checkpoints[:1], [1.0], VIEWS, "mean", **NO_CROPS)
     out = tmp_path / "export" / "hpa_classifier"
     sample = images(2).numpy()
     message = f"{out}: no package written: the package's bioimage.io description (rdf.yaml, format 0.5.4) fails "

@@ -1,4 +1,4 @@
-"""Prediction on tiled shards: tiles aggregate to one row per image; TTA views saved on request."""
+"""Prediction on tiled shards: tiles aggregate to one row per image; crops x TTA views, saved on request."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hpaflow.data import ShardRows
-from hpaflow.h5names import FormatError
+from hpaflow.h5names import CHECKPOINT_FORMAT, FormatError
 from hpaflow.models import build_model
 from hpaflow.predict import (
     LeakError,
@@ -24,6 +24,8 @@ from hpaflow.predict import (
     check_no_leak,
     load_checkpoint,
     load_model,
+    model_crops,
+    predict_probs,
     predict_rows,
     run_predict,
     write_predictions,
@@ -32,7 +34,16 @@ from hpaflow.shards import ShardSpec, write_shard
 from hpaflow.transforms import CHANNELS, MEAN, STD
 
 PREDICT = PredictSettings(
-    views=[0, 3, 6], tta_combine="max", tile_combine="mean", save_views=True, batch_size=3, device="cpu", threads=1
+    views=[0, 3, 6],
+    tta_combine="max",
+    tile_combine="mean",
+    save_views=True,
+    batch_size=3,
+    device="cpu",
+    threads=1,
+    crops=0,
+    crop_placement="fixed",
+    seed=0,
 )
 
 
@@ -50,11 +61,17 @@ def tiled_shards(tmp_path):
     return labels
 
 
-def checkpoint(path, color_mode="gyb", **extra):
+def model_config(color_mode="gyb", **changes) -> dict:
+    """A checkpoint's config as training writes it (the keys predict reads)."""
+    cfg = {"name": "m", "backbone": "resnet18", "color_mode": color_mode, "image_size": 16, "crop_size": None}
+    return cfg | {"normalize": "imagenet", "head": "linear", "head_hidden": 512, "dropout": 0.5} | changes
+
+
+def checkpoint(path, color_mode="gyb", crop_size=None, **extra):
     torch.manual_seed(0)
     model = build_model("resnet18", CHANNELS[color_mode])
-    cfg = {"name": "m", "backbone": "resnet18", "color_mode": color_mode, "image_size": 16}
-    torch.save({"format_version": 1, "model": model.state_dict(), "config": cfg, **extra}, path)
+    cfg = model_config(color_mode, crop_size=crop_size)
+    torch.save({"format_version": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": cfg, **extra}, path)
     return str(path)
 
 
@@ -129,7 +146,7 @@ def test_out_of_fold_rows_the_model_was_trained_on_are_refused(tmp_path, fold, t
     assert not (tmp_path / "pred.h5").exists()
 
 
-@pytest.mark.parametrize("version", [None, 0, 2])
+@pytest.mark.parametrize("version", [None, CHECKPOINT_FORMAT - 1, CHECKPOINT_FORMAT + 1])
 def test_checkpoint_of_another_format_is_refused_with_what_to_rerun(tmp_path, version):
     """A checkpoint of another format (one before format versions recorded no training Ids, so its
     out-of-fold predictions could not be checked for leaks) stops predict, named, with no output."""
@@ -140,7 +157,8 @@ def test_checkpoint_of_another_format_is_refused_with_what_to_rerun(tmp_path, ve
         FormatError,
         match="^"
         + re.escape(
-            f"{best}: a checkpoint file of {found}; this workflow reads format 1: delete it and rerun its train "
+            f"{best}: a checkpoint file of {found}; this workflow reads format {CHECKPOINT_FORMAT}: delete it and "
+            "rerun its train "
             "job (snakemake --forcerun train)"
         )
         + "$",
@@ -268,10 +286,15 @@ class PixelModel(torch.nn.Module):
         return x[:, 0, 0, :28]
 
 
-def by_hand(green: np.ndarray, view: int) -> np.ndarray:
-    """What PixelModel gives for one view of a uint8 green plane (gyb channel 0 is G), computed in numpy."""
-    oriented = np.rot90(green[:, ::-1] if view >= 4 else green, view % 4)  # flip left-right, then rotate
-    x = (oriented[0, :28].astype(np.float64) / 255 - MEAN[0]) / STD[0]
+def by_hand(green: np.ndarray, view: int, normalize: str = "imagenet") -> np.ndarray:
+    """What PixelModel gives for one view of a uint8 green plane (gyb channel 0 is G), computed in numpy:
+    imagenet = (g - MEAN) / STD; per_image = (g - the plane's mean) / (its population std + 1/255)."""
+    g = green.astype(np.float64) / 255
+    oriented = np.rot90(g[:, ::-1] if view >= 4 else g, view % 4)  # flip left-right, then rotate
+    if normalize == "imagenet":
+        x = (oriented[0, :28] - MEAN[0]) / STD[0]
+    else:
+        x = (oriented[0, :28] - g.mean()) / (g.std() + 1 / 255)
     return 1 / (1 + np.exp(-x))
 
 
@@ -297,7 +320,7 @@ def test_each_tta_view_and_tile_known_answer(tmp_path, tta_combine, tile_combine
         warnings.simplefilter("error")  # nothing to warn about on the CPU (e.g. no pinned memory asked for)
         got_ids, probs, per_view = predict_rows(
             model,
-            {"image_size": 28, "color_mode": "gyb"},
+            model_config(image_size=28),
             ShardRows.from_files([tmp_path / "s.h5"]),
             torch.device("cpu"),
             views,
@@ -370,3 +393,82 @@ def test_write_predictions_stores_float32_probabilities_and_only_the_parts_given
         assert h5["test/probs"].shape == (0, 2)
         assert h5.attrs["model"] == "m" and h5.attrs["fold"] == 3
     assert [f.name for f in tmp_path.iterdir()] == ["p.h5"]  # written whole, no temporary left behind
+
+
+def whole_image_shard(tmp_path, ids, side, seed) -> dict[str, np.ndarray]:
+    """A test shard of whole side px images (random PNG planes); returns each image's green plane."""
+    rng = np.random.default_rng(seed)
+    green = {}
+    for i in ids:
+        for c in ["red", "green", "blue", "yellow"]:
+            plane = rng.integers(0, 256, (side, side), dtype=np.uint8)
+            cv2.imwrite(str(tmp_path / f"{i}_{c}.png"), plane)
+            if c == "green":
+                green[i] = plane
+    spec = ShardSpec(dataset="ds", fmt="png", images_dir=str(tmp_path), role="test", image_size=side)
+    write_shard(tmp_path / "s.h5", spec, ids, None)
+    return green
+
+
+@pytest.mark.parametrize("normalize,tta_combine", [("imagenet", "max"), ("per_image", "mean"), ("per_image", "max")])
+def test_each_crop_in_each_view_known_answer(tmp_path, normalize, tta_combine):
+    """4 fixed crops of 28 px in 40 px images (the corners: offsets 0 and 12): each crop normalised on its own
+    (per_image: the crop's statistics, not the image's) and scored in each view, all combined; stored
+    crop-major."""
+    ids = ["p", "q", "r"]
+    green = whole_image_shard(tmp_path, ids, 40, seed=4)
+    cfg = model_config(image_size=40, crop_size=28, normalize=normalize)
+    offsets = model_crops(cfg, 4, "fixed", seed=0)
+    assert offsets.tolist() == [[0, 0], [0, 12], [12, 0], [12, 12]]
+    views = [0, 5]
+    model = PixelModel()
+    got_ids, probs, per_view = predict_rows(
+        model,
+        cfg,
+        ShardRows.from_files([tmp_path / "s.h5"]),
+        torch.device("cpu"),
+        views,
+        tta_combine,
+        "mean",
+        batch_size=2,
+        workers=0,
+        offsets=offsets,
+    )
+    assert got_ids.tolist() == ids and per_view.shape == (8, 3, 28)
+    assert model.batch_sizes == [2] * 8 + [1] * 8  # each batch: 4 crops x 2 views
+    reduce = {"mean": np.mean, "max": np.max}[tta_combine]
+    for n, i in enumerate(ids):
+        expected = np.stack(
+            [by_hand(green[i][y : y + 28, x : x + 28], v, normalize) for y, x in offsets for v in views]
+        )
+        np.testing.assert_allclose(per_view[:, n], expected, atol=2e-6)
+        np.testing.assert_allclose(probs[n], reduce(expected, axis=0), atol=2e-6)
+    # The crops differ, so scoring one crop (or the whole image) cannot match by chance.
+    assert np.abs(per_view[2] - per_view[0]).max() > 0.05
+
+
+def test_model_crops_only_for_models_with_a_crop_size():
+    cfg = model_config(image_size=10, crop_size=4)
+    assert model_crops(cfg, 4, "fixed", 0).tolist() == [[0, 0], [0, 6], [6, 0], [6, 6]]
+    assert model_crops(cfg, 1, "fixed", 0).tolist() == [[3, 3]]
+    assert model_crops(cfg, 0, "fixed", 0) is None  # crops 0: the whole image
+    assert model_crops(model_config(image_size=10), 4, "fixed", 0) is None  # no crop_size: the whole image
+    with pytest.raises(ValueError, match="crop offsets and crop_size go together"):
+        predict_probs(PixelModel(), [], torch.device("cpu"), "gyb", offsets=np.zeros((1, 2), np.int64))
+
+
+@pytest.mark.parametrize("crop_size,n_crops", [(8, 4), (None, 0)])
+def test_run_predict_scores_crops_of_models_with_a_crop_size(tmp_path, crop_size, n_crops):
+    """predict.crops 4 on 16 px tiles: a model with crop_size 8 scores the 4 corners in each of 3 views (12 entries
+    saved, combined by max); one without crop_size scores the whole tile in each view."""
+    tiled_shards(tmp_path)
+    best = checkpoint(tmp_path / "best.pt", crop_size=crop_size, train_ids=["a", "d"])
+    out = tmp_path / "pred.h5"
+    settings = replace(PREDICT, crops=4)
+    run_predict(best, [str(tmp_path / "train.h5")], [], str(tmp_path / "folds.csv"), 1, str(out), settings)
+    with h5py.File(out) as h5:
+        views, probs = h5["oof/views"][...], h5["oof/probs"][...]
+        assert views.shape == (3 * max(n_crops, 1), 2, 28) and np.allclose(probs, views.max(0))
+        assert h5.attrs["crops"] == n_crops
+        expected = [[0, 0], [0, 8], [8, 0], [8, 8]] if n_crops else np.zeros((0, 2))
+        assert np.array_equal(h5.attrs["crop_offsets"], expected)

@@ -8,6 +8,7 @@ when there is one, so the CPUs of a GPU node keep up with it (benchmarks/).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +29,37 @@ def compose_batch(rgby: torch.Tensor, mode: str) -> torch.Tensor:
     return torch.einsum("ck,bkhw->bchw", m, rgby.float() / 255.0)
 
 
-def normalize_batch(x: torch.Tensor) -> torch.Tensor:
+def _imagenet(x: torch.Tensor) -> torch.Tensor:
     c = x.shape[1]
     mean = torch.as_tensor(MEAN[:c], device=x.device).view(1, c, 1, 1)
     std = torch.as_tensor(STD[:c], device=x.device).view(1, c, 1, 1)
     return (x - mean) / std
+
+
+# per_image: (x - mean) / (std + PER_IMAGE_EPS). One grey level on the [0, 1] scale: a constant channel (std 0)
+# becomes 0, and a nearly blank one (a few noisy pixels) is not blown up to huge values.
+PER_IMAGE_EPS = 1 / 255
+
+
+def _per_image(x: torch.Tensor) -> torch.Tensor:
+    # Written out (population std, no torch.std) so that the exported graph computes the very same ops.
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = ((x - mean) ** 2).mean(dim=(2, 3), keepdim=True).sqrt()
+    return (x - mean) / (std + PER_IMAGE_EPS)
+
+
+# models[].normalize -> float (B, C, H, W) in [0, 1] -> model input; the schema's enum is these keys.
+NORMALIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "imagenet": _imagenet,  # ImageNet mean and std per channel (transforms.MEAN, STD)
+    "per_image": _per_image,  # each image's own per-channel mean and std over its pixels
+}
+
+
+def normalize_batch(x: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
+    """Normalise a float batch (B, C, H, W) by `mode` (NORMALIZERS)."""
+    if mode not in NORMALIZERS:
+        raise ValueError(f"unknown normalize {mode!r} (one of {', '.join(NORMALIZERS)})")
+    return NORMALIZERS[mode](x)
 
 
 def augment_batch(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -55,11 +82,16 @@ def augment_batch(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_batch(
-    rgby: torch.Tensor, mode: str, device: torch.device, params: torch.Tensor | None = None
+    rgby: torch.Tensor,
+    mode: str,
+    device: torch.device,
+    params: torch.Tensor | None = None,
+    normalize: str = "imagenet",
 ) -> torch.Tensor:
-    """uint8 RGBY batch from the loader -> normalised model input on `device` (NHWC on CUDA)."""
+    """uint8 RGBY batch from the loader -> normalised model input on `device` (NHWC on CUDA): colour `mode`,
+    augmentation `params` (none: as is), then `normalize` (NORMALIZERS; per_image sees the augmented image)."""
     x = compose_batch(rgby.to(device, non_blocking=True), mode)
     if params is not None:
         x = augment_batch(x, params)
-    x = normalize_batch(x)
+    x = normalize_batch(x, normalize)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x

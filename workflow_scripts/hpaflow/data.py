@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, RandomSampler, Sampler, WeightedRandomSamp
 from . import h5names as h5n
 from .labels import NUM_CLASSES
 from .shards import check_format
-from .transforms import IDENTITY, resize, sample_params
+from .transforms import IDENTITY, random_crop_offset, resize, sample_params
 
 
 @dataclass
@@ -75,17 +75,23 @@ def fold_of(rows: ShardRows, folds_csv: str | Path) -> np.ndarray:
 
 
 class ShardDataset(Dataset):
-    """Samples as uint8 RGBY tensors (4, size, size), augmentation parameters (7,) and labels (28,).
+    """Samples as uint8 RGBY tensors (4, side, side), augmentation parameters (7,) and labels (28,).
 
-    Only reading happens here: composition, augmentation and normalisation run on whole batches
-    on the training device (`augment.prepare_batch`). HDF5 files are opened on first use in each
-    process (a DataLoader worker must not inherit an open handle). Parameters come from a
-    generator seeded by (seed, epoch, index), so a sample's augmentation is the same whatever the
-    worker count or a resume; without `train` they are the identity.
+    Only reading and cropping happen here: composition, augmentation and normalisation run on whole
+    batches on the training device (`augment.prepare_batch`). A row is resized to `size`; with `train`
+    and `crop_size`, a random crop_size square of it is cut here (slicing: less to move to the device),
+    so side = crop_size; else side = size, the whole image (predict cuts its own crops). HDF5 files are
+    opened on first use in each process (a DataLoader worker must not inherit an open handle).
+    Parameters and the crop come from a generator seeded by (seed, epoch, index), so a sample's
+    augmentation is the same whatever the worker count or a resume; without `train` they are the identity.
     """
 
-    def __init__(self, rows: ShardRows, size: int, train: bool = False, seed: int = 0) -> None:
-        self.rows, self.size, self.train, self.seed = rows, size, train, seed
+    def __init__(
+        self, rows: ShardRows, size: int, train: bool = False, seed: int = 0, crop_size: int | None = None
+    ) -> None:
+        if crop_size is not None and not 0 < crop_size <= size:
+            raise ValueError(f"crop_size {crop_size} must be between 1 and the image size {size}")
+        self.rows, self.size, self.train, self.seed, self.crop_size = rows, size, train, seed, crop_size
         self.epoch = 0
         self._handles: dict[int, h5py.File] = {}
         self._pid = -1
@@ -106,7 +112,13 @@ class ShardDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = resize(self.read(i), self.size)
-        params = sample_params(np.random.default_rng([self.seed, self.epoch, i])) if self.train else IDENTITY
+        params = IDENTITY
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            params = sample_params(rng)  # first: a sample's parameters are those it had before crops existed
+            if self.crop_size is not None:
+                y0, x0 = random_crop_offset(self.size, self.crop_size, rng)
+                x = x[y0 : y0 + self.crop_size, x0 : x0 + self.crop_size]
         y = self.rows.labels[i] if self.rows.labels is not None else np.zeros(NUM_CLASSES, np.uint8)
         return (
             torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),

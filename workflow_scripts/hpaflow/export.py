@@ -1,8 +1,9 @@
 """The fitted ensemble as one ONNX graph: uint8 RGBY images in, the ensemble's probabilities out.
 
 `EnsembleModule` computes what the workflow computes for a test image, for every member (a model's
-fold checkpoint): colour composition and normalisation (augment), each TTA view scored and the views
-combined (predict), the folds' probabilities averaged (summary.assemble_model), the models' weighted
+fold checkpoint): colour composition and its normalisation (augment), its crops (the same static offsets
+predict takes, predict.model_crops) each scored in each TTA view and all combined (predict), the folds'
+probabilities averaged (summary.assemble_model), the models' weighted
 mean (ensemble.weighted_mean). The input is what predict feeds a model for one shard row: an (N, 4, M, M)
 uint8 RGBY image, the shard's S px row resized to the models' image_size M (transforms.resize; none when
 S == M); preprocessing.json records both steps, from the constants the code uses. Tiles are not
@@ -20,6 +21,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import h5py
@@ -28,14 +30,14 @@ import torch
 import yaml
 from torch import nn
 
-from .augment import compose_batch, dihedral_batch, normalize_batch
+from .augment import PER_IMAGE_EPS, compose_batch, dihedral_batch, normalize_batch
 from .files import atomic_path
 from .gallery import captioned_grid, write_png
 from .io import SHARD_INTERPOLATION
 from .labels import CLASS_NAMES
 from .layout import COLORS, JPEG_PLANES
 from .package import sha256_of, write_manifest
-from .predict import REDUCERS, load_checkpoint, load_model
+from .predict import REDUCERS, load_checkpoint, load_model, model_crops
 from .transforms import interpolation
 
 OPSET = 18
@@ -75,16 +77,27 @@ def member_weights(model_weights: Sequence[float], n_folds: Sequence[int]) -> li
     return [float(wm / k) for wm, k in zip(normalised(model_weights), n_folds) for _ in range(k)]
 
 
+class Member(NamedTuple):
+    """One model x fold checkpoint and how predict feeds it (a plain (model, color_mode) tuple is one too)."""
+
+    model: nn.Module
+    color_mode: str
+    normalize: str = "imagenet"  # augment.NORMALIZERS
+    offsets: np.ndarray | None = None  # its crops' top-left corners (y, x) (predict.model_crops); None: whole image
+    crop_size: int | None = None
+
+
 class EnsembleModule(nn.Module):
     """uint8 (N, 4, S, S) RGBY -> float32 (N, 28) ensemble probabilities.
 
-    members: (model, color_mode) per model x fold checkpoint; weights: one per member (normalised to
-    sum 1 here, as ensemble.weighted_mean does; `member_weights` turns per-model weights into these).
+    members: a Member (or (model, color_mode) tuple) per model x fold checkpoint; weights: one per member
+    (normalised to sum 1 here, as ensemble.weighted_mean does; `member_weights` turns per-model weights into
+    these). tta_combine reduces each member's crops x views.
     """
 
     def __init__(
         self,
-        members: Sequence[tuple[nn.Module, str]],
+        members: Sequence[Member | tuple],
         views: Sequence[int],
         tta_combine: str,
         weights: Sequence[float],
@@ -99,22 +112,57 @@ class EnsembleModule(nn.Module):
         if not views or any(v not in range(8) for v in views):
             raise ValueError(f"TTA views must be dihedral views 0-7, got {list(views)}")
         w = normalised(weights)
-        self.models = nn.ModuleList([m.eval() for m, _ in members])
-        self.color_modes = [c for _, c in members]
+        members = [Member(*m) for m in members]
+        for k, m in enumerate(members):
+            if (m.offsets is None) != (m.crop_size is None):
+                raise ValueError(f"member {k}: crop offsets and crop_size go together: give both or neither")
+        self.models = nn.ModuleList([m.model.eval() for m in members])
+        self.color_modes = [m.color_mode for m in members]
+        self.normalizes = [m.normalize for m in members]
+        # Python ints: the graph slices each crop statically.
+        self.crops: list[tuple[int, list[tuple[int, int]]] | None] = [
+            None if m.offsets is None else (int(m.crop_size), [(int(y), int(x)) for y, x in m.offsets]) for m in members
+        ]
         self.views = [int(v) for v in views]
         self.tta_combine = tta_combine
         self.register_buffer("weights", torch.as_tensor(w, dtype=torch.float32))
 
+    @property
+    def members(self) -> list[Member]:
+        return [
+            Member(model, mode, norm, None if c is None else np.array(c[1], np.int64), None if c is None else c[0])
+            for model, mode, norm, c in zip(self.models, self.color_modes, self.normalizes, self.crops)
+        ]
+
     def member_probs(self, rgby: torch.Tensor) -> torch.Tensor:
-        """(M, N, 28): each member's TTA-combined probabilities (predict's `probs`)."""
+        """(M, N, 28): each member's probabilities combined over its crops x TTA views (predict's `probs`)."""
         out = []
-        for model, mode in zip(self.models, self.color_modes):
-            x = normalize_batch(compose_batch(rgby, mode))
-            # All views in one batch (predict scores them one at a time; eval-mode layers are per sample).
-            logits = model(torch.cat([dihedral_batch(x, v) for v in self.views]))
-            p = torch.sigmoid(logits.float()).reshape(len(self.views), rgby.shape[0], -1)
-            out.append(p.amax(0) if self.tta_combine == "max" else p.sum(0) / len(self.views))
+        for model, mode, norm, crops in zip(self.models, self.color_modes, self.normalizes, self.crops):
+            if crops is None:
+                parts = [rgby]
+            else:
+                c, offsets = crops
+                parts = [rgby[:, :, y : y + c, x : x + c] for y, x in offsets]
+            # Normalised per crop, as predict does (per_image statistics are the crop's).
+            xs = [normalize_batch(compose_batch(part, mode), norm) for part in parts]
+            # All crops x views in one batch, crop-major (predict scores them one at a time; eval-mode layers
+            # are per sample).
+            logits = model(torch.cat([dihedral_batch(x, v) for x in xs for v in self.views]))
+            p = torch.sigmoid(logits.float()).reshape(len(xs) * len(self.views), rgby.shape[0], -1)
+            out.append(p.amax(0) if self.tta_combine == "max" else p.sum(0) / len(p))
         return torch.stack(out)
+
+    def describe(self) -> list[dict]:
+        """What the graph does per member, for preprocessing.json: colour mode, normalisation, crops."""
+        return [
+            {
+                "color_mode": mode,
+                "normalize": norm,
+                "crop_size": None if c is None else c[0],
+                "crop_offsets_yx": None if c is None else [list(o) for o in c[1]],
+            }
+            for mode, norm, c in zip(self.color_modes, self.normalizes, self.crops)
+        ]
 
     def forward(self, rgby: torch.Tensor) -> torch.Tensor:
         return torch.tensordot(self.weights, self.member_probs(rgby), dims=1)
@@ -126,14 +174,21 @@ class EnsembleModule(nn.Module):
         model_weights: Sequence[float],
         views: Sequence[int],
         tta_combine: str,
+        *,
+        crops: int,
+        crop_placement: str,
+        seed: int,
     ) -> EnsembleModule:
         """From the best.pt files of each model (one list per model, one file per fold), the models'
-        ensemble weights (results/ensemble.h5 `weights`, in the same order) and the predict settings."""
+        ensemble weights (results/ensemble.h5 `weights`, in the same order) and the predict settings
+        (views, tta_combine, crops, crop_placement, seed: each member's crops as predict takes them)."""
         members, sizes = [], set()
         for files in checkpoints:
             for f in files:
                 model, cfg = load_model(load_checkpoint(f), torch.device("cpu"))
-                members.append((model, cfg["color_mode"]))
+                offsets = model_crops(cfg, crops, crop_placement, seed)
+                crop_size = None if offsets is None else cfg["crop_size"]
+                members.append(Member(model, cfg["color_mode"], cfg["normalize"], offsets, crop_size))
                 sizes.add(cfg["image_size"])
         if len(sizes) > 1:
             raise ValueError(f"the members' image sizes differ ({sorted(sizes)}): one graph takes one input size")
@@ -187,11 +242,14 @@ class ExportSettings:
     """What goes into the exported package; defaults live in the config schema only (from_config)."""
 
     views: list[int]  # TTA views inside the graph (export.tta_views, else predict.tta_views)
-    tta_combine: str
+    tta_combine: str  # over each member's crops x views
     at_least_one: bool
     datasets: list[dict]  # the train datasets: their formats and bits say how images were read
     authors: list[str]  # named in the bioimage.io description
     license: str  # SPDX id
+    crops: int  # predict.crops: members with a crop_size score as many crops, as predict does
+    crop_placement: str
+    seed: int  # of the seeded crop placement
 
     @classmethod
     def from_config(cls, config: dict) -> ExportSettings:
@@ -207,6 +265,9 @@ class ExportSettings:
             train,
             e["authors"],
             e["license"],
+            config["predict"]["crops"],
+            config["predict"]["crop_placement"],
+            config["seed"],
         )
 
 
@@ -233,11 +294,12 @@ def shard_size(files: Sequence[str | Path]) -> int:
     return next(iter(sizes))
 
 
-def preprocessing(size: int, datasets: list[dict], shard_size: int) -> dict:
+def preprocessing(size: int, datasets: list[dict], shard_size: int, members: list[dict] | None = None) -> dict:
     """How a field of view becomes the graph's input: decoded and resized to shard_size as the shard step does
     it (io, shards), then resized to the models' size as predict does it (transforms.resize); the
-    interpolations are named from the constants the code uses."""
-    return {
+    interpolations are named from the constants the code uses. members: EnsembleModule.describe(), what the
+    graph does per member (recorded when given)."""
+    out = {
         "input": {"name": "rgby", "dtype": "uint8", "shape": ["batch", 4, size, size], "channel_order": list(COLORS)},
         "channel_files": "{Id}_{red,green,blue,yellow}.{png|tif|tiff|jpg}, one grey plane per colour",
         "formats": {
@@ -257,17 +319,25 @@ def preprocessing(size: int, datasets: list[dict], shard_size: int) -> dict:
             "enlarging), stacked as uint8 RGBY (H, W, 4); then that image -> size x size (interpolation; null: "
             "shard_size == size, no resize), uint8; then transposed to (4, size, size)",
         },
-        "inside_the_graph": "x / 255, colour composition per member, ImageNet normalisation, TTA views, sigmoid",
+        "inside_the_graph": "x / 255, per member: its crops (crop_size squares at crop_offsets_yx, top-left "
+        "corners (y, x); none: the whole image), colour composition, normalisation (imagenet: ImageNet mean and std "
+        f"per channel; per_image: (x - mean) / (std + {PER_IMAGE_EPS:.6g}) with each crop's own per-channel mean and "
+        "population std), TTA views, sigmoid, combined over crops x views by tta_combine; then the members' "
+        "weighted mean",
     }
+    if members is not None:
+        out["members"] = members
+    return out
 
 
-def package_readme(metrics: dict, models: list[str], n_folds: int, size: int, views: list[int]) -> str:
+def package_readme(metrics: dict, models: list[str], n_folds: int, size: int, views: list[int], crops: str = "") -> str:
+    """crops: how members score crops (crops_phrase), empty when none does."""
     e = metrics["ensemble"]
     return f"""# HPA protein-localisation classifier
 
 An ensemble of {len(models)} model(s) ({", ".join(models)}) x {n_folds} folds, trained by the HPA image
 classification workflow on {metrics["n_train"]} fields of view, at {size} px, with {len(views)} test-time
-augmentation views. It predicts which of 28 subcellular locations (classes.json) a protein shows in a
+augmentation views{crops}. It predicts which of 28 subcellular locations (classes.json) a protein shows in a
 4-channel immunofluorescence field: red microtubules, green the protein, blue nuclei, yellow ER.
 
 - ensemble.onnx: uint8 RGBY (batch, 4, {size}, {size}) -> probabilities (batch, 28); preprocessing.json says
@@ -290,6 +360,14 @@ Research on fields imaged like the Human Protein Atlas (confocal, 4 channels, th
 not been validated on other microscopes, stains or cell lines: check it on labelled fields of your own
 before relying on it.
 """
+
+
+def crops_phrase(module: EnsembleModule, settings: ExportSettings) -> str:
+    """' x 4 crops (fixed placement) of 224 px' for the README; empty when no member scores crops."""
+    sizes = sorted({c[0] for c in module.crops if c is not None})
+    if not sizes:
+        return ""
+    return f" x {settings.crops} crops ({settings.crop_placement} placement) of {'/'.join(map(str, sizes))} px"
 
 
 def bioimageio_rdf(size: int, settings: ExportSettings, metrics: dict, sha: dict[str, str]) -> dict:
@@ -434,13 +512,13 @@ def write_package(
             "thresholds": [float(t) for t in thresholds],  # exact: a rounded threshold flips labels near it
         },
         "classes.json": {str(i): name for i, name in enumerate(CLASS_NAMES)},
-        "preprocessing.json": preprocessing(size, settings.datasets, shard_size),
+        "preprocessing.json": preprocessing(size, settings.datasets, shard_size, module.describe()),
     }
     for name, value in texts.items():
         with atomic_path(out / name) as tmp:
             tmp.write_text(json.dumps(value, indent=1) + "\n")
     with atomic_path(out / "README.md") as tmp:
-        tmp.write_text(package_readme(metrics, models, n_folds, size, settings.views))
+        tmp.write_text(package_readme(metrics, models, n_folds, size, settings.views, crops_phrase(module, settings)))
     # bioimage.io: test tensors (real rows and the PyTorch ensemble's output), cover, description.
     rows = np.ascontiguousarray(sample[:TEST_ROWS])
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Inference with test-time augmentation (dihedral views) and tile-to-image aggregation."""
+"""Inference with test-time augmentation (dihedral views x crops) and tile-to-image aggregation."""
 
 from __future__ import annotations
 
@@ -17,30 +17,57 @@ from .data import ShardDataset, ShardRows, fold_of
 from .files import atomic_path
 from .models import build_model
 from .runtime import autocast_dtype, pick_device, use_threads
-from .transforms import CHANNELS
+from .transforms import CHANNELS, crop_offsets
 
 log = logging.getLogger("hpaflow")
 
 
+def model_crops(cfg: dict, crops: int, crop_placement: str, seed: int) -> np.ndarray | None:
+    """Top-left corners (y, x) of the crops that a model (its checkpoint config) scores, int64 (n, 2), or None:
+    the whole image (predict.crops 0, or a model without crop_size). Predict and the exported graph both
+    take them from here."""
+    if crops == 0 or cfg["crop_size"] is None:
+        return None
+    return crop_offsets(cfg["image_size"], cfg["crop_size"], crops, crop_placement, seed)
+
+
 @torch.no_grad()
 def predict_probs(
-    model: torch.nn.Module, dl: DataLoader, device: torch.device, color_mode: str, views: tuple[int, ...] = (0,)
+    model: torch.nn.Module,
+    dl: DataLoader,
+    device: torch.device,
+    color_mode: str,
+    views: tuple[int, ...] = (0,),
+    normalize: str = "imagenet",
+    offsets: np.ndarray | None = None,
+    crop_size: int | None = None,
 ) -> np.ndarray:
-    """Sigmoid probabilities of each view: float32 (V, N, 28)."""
+    """Sigmoid probabilities of each crop in each view: float32 (C x V, N, 28), crop-major (entry c * V + v
+    is crop c, view views[v]). offsets: the crops' top-left corners (y, x) (model_crops), each cut crop_size
+    square from the batch before normalisation (per_image statistics are the crop's, as in training); None:
+    the whole image, one entry per view (training's validation)."""
+    if (offsets is None) != (crop_size is None):
+        raise ValueError("crop offsets and crop_size go together: give both or neither")
     model.eval()
     dtype = autocast_dtype(device)
     out = []
     for rgby, _, _ in dl:
-        x = prepare_batch(rgby, color_mode, device)
+        if offsets is None:
+            crops = [rgby]
+        else:  # moved once, cut on the device
+            rgby = rgby.to(device, non_blocking=True)
+            crops = [rgby[:, :, y : y + crop_size, x : x + crop_size] for y, x in offsets.tolist()]
         per_view = []
-        for v in views:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                per_view.append(torch.sigmoid(model(dihedral_batch(x, v)).float()).cpu().numpy())
+        for crop in crops:
+            x = prepare_batch(crop, color_mode, device, normalize=normalize)
+            for v in views:
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    per_view.append(torch.sigmoid(model(dihedral_batch(x, v)).float()).cpu().numpy())
         out.append(np.stack(per_view))
     return np.concatenate(out, axis=1).astype(np.float32)
 
 
-# How TTA views (and the tiles of an image) are combined: the ufunc that reduces them.
+# How TTA views and crops (and the tiles of an image) are combined: the ufunc that reduces them.
 REDUCERS = {"mean": np.add, "max": np.maximum}
 
 
@@ -51,7 +78,7 @@ def _reducer(how: str) -> np.ufunc:
 
 
 def combine(views: np.ndarray, how: str) -> np.ndarray:
-    """Per-view probabilities (V, N, K) -> (N, K) by `mean` or `max`."""
+    """Per-view (or per crop x view) probabilities (V, N, K) -> (N, K) by `mean` or `max`."""
     out = _reducer(how).reduce(views, axis=0)
     return out / len(views) if how == "mean" else out
 
@@ -104,7 +131,14 @@ def check_no_leak(state: dict, checkpoint: str | Path, ids: np.ndarray, fold: in
 
 def load_model(state: dict, device: torch.device) -> tuple[torch.nn.Module, dict]:
     cfg = state[h5n.CKPT_CONFIG]
-    model = build_model(cfg["backbone"], CHANNELS[cfg["color_mode"]])  # not pretrained: weights come next
+    model = build_model(  # not pretrained: weights come next
+        cfg["backbone"],
+        CHANNELS[cfg["color_mode"]],
+        pretrained=False,
+        head=cfg["head"],
+        head_hidden=cfg["head_hidden"],
+        dropout=cfg["dropout"],
+    )
     model.load_state_dict(state[h5n.CKPT_MODEL])
     model.to(device)  # Module.to works in place
     if device.type == "cuda":
@@ -113,12 +147,25 @@ def load_model(state: dict, device: torch.device) -> tuple[torch.nn.Module, dict
 
 
 def predict_rows(
-    model, cfg: dict, rows: ShardRows, device, views, tta_combine: str, tile_combine: str, batch_size: int, workers: int
+    model,
+    cfg: dict,
+    rows: ShardRows,
+    device,
+    views,
+    tta_combine: str,
+    tile_combine: str,
+    batch_size: int,
+    workers: int,
+    *,
+    offsets: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, probs (M, 28), per-view probs (V, M, 28)) with tiles aggregated to their image."""
+    """(ids, probs (M, 28), per crop x view probs (C x V, M, 28), crop-major as predict_probs) with tiles
+    aggregated to their image; the model's colour mode and normalisation from its config `cfg`; offsets: its
+    crops (model_crops), None for the whole image."""
     ds = ShardDataset(rows, cfg["image_size"])
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
-    per_view = predict_probs(model, dl, device, cfg["color_mode"], tuple(views))
+    crop_size = None if offsets is None else cfg["crop_size"]
+    per_view = predict_probs(model, dl, device, cfg["color_mode"], tuple(views), cfg["normalize"], offsets, crop_size)
     ids, per_view = aggregate_tiles(rows.ids, per_view, tile_combine)
     return ids, combine(per_view, tta_combine), per_view
 
@@ -141,12 +188,15 @@ class PredictSettings:
     """One predict job's settings; defaults live in the config schema only (from_config)."""
 
     views: list[int]  # TTA views (transforms: dihedral group)
-    tta_combine: str
+    tta_combine: str  # over crops x views
     tile_combine: str
     save_views: bool
     batch_size: int
     device: str
     threads: int
+    crops: int  # 0: the whole image; n: n crops of the model's crop_size (models without one: the whole image)
+    crop_placement: str  # transforms.CROP_PLACEMENTS
+    seed: int  # of the seeded crop placement
 
     @classmethod
     def from_config(cls, config: dict, threads: int) -> PredictSettings:
@@ -159,6 +209,9 @@ class PredictSettings:
             p["batch_size"],
             config["device"],
             threads,
+            p["crops"],
+            p["crop_placement"],
+            config["seed"],
         )
 
 
@@ -179,13 +232,22 @@ def run_predict(
     val = rows.subset(fold_of(rows, folds_csv) == fold)
     check_no_leak(state, checkpoint, val.ids, fold)
     model, cfg = load_model(state, device)
+    offsets = model_crops(cfg, s.crops, s.crop_placement, s.seed)
+    if offsets is not None:
+        log.info(
+            "%d crops of %d px (%s): top-left corners (y, x) %s",
+            len(offsets),
+            cfg["crop_size"],
+            s.crop_placement,
+            offsets.tolist(),
+        )
     parts = {}
     for name, r in [(h5n.OOF, val), (h5n.TEST, ShardRows.from_files(test_shards) if test_shards else None)]:
         if r is None:
             continue
         log.info("%s: %d rows, TTA views %s (%s), tiles %s", name, len(r), s.views, s.tta_combine, s.tile_combine)
         ids, probs, per_view = predict_rows(
-            model, cfg, r, device, s.views, s.tta_combine, s.tile_combine, s.batch_size, workers
+            model, cfg, r, device, s.views, s.tta_combine, s.tile_combine, s.batch_size, workers, offsets=offsets
         )
         labels = None
         if r.labels is not None:
@@ -207,5 +269,8 @@ def run_predict(
             "views": list(s.views),
             "tta_combine": s.tta_combine,
             "tile_combine": s.tile_combine,
+            # views (save_views) holds crops x views entries, crop-major; crops 0: one whole image per view
+            "crops": 0 if offsets is None else len(offsets),
+            "crop_offsets": np.zeros((0, 2), np.int64) if offsets is None else offsets,
         },
     )
