@@ -20,8 +20,8 @@ def test_shipped_configs_are_valid():
     full = copy.deepcopy(DEMO)
     full.update(yaml.safe_load((REPO / "config" / "hpa_kaggle.yaml").read_text()))
     validate_config(full, SCHEMA)
-    assert [m["backbone"] for m in full["models"]] == ["resnet18", "resnet50", "se_resnet50"]
-    assert full["image_size"] == 512 and full["n_folds"] == 5
+    assert [m["backbone"] for m in full["models"]] == ["densenet121", "se_resnext50_32x4d", "inception_v3"]
+    assert full["image_size"] == 768 and full["n_folds"] == 5  # the recipes: tests/workflow/test_recipes.py
 
 
 def test_defaults_are_filled():
@@ -93,7 +93,7 @@ def test_every_schema_default_reaches_the_stage():
         "min_positives": th["min_positives"],
         "at_least_one": th["at_least_one"],
     }
-    assert ensemble.methods == list(dict.fromkeys([*th["methods"], th["final"]]))
+    assert th["final"] == "best" and ensemble.methods == th["methods"]  # best: chosen among methods, not one of them
     assert (ensemble.weights, ensemble.weight_step) == (ens["weights"], ens["weight_step"])
     export = ExportSettings.from_config(cfg)  # export.tta_views null: predict's views
     assert vars(export) == {

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
-from hpaflow.ensemble import fit_weights, simplex_grid, weighted_mean
+from hpaflow.ensemble import EnsembleSettings, fit_weights, run_ensemble, simplex_grid, weighted_mean
+from hpaflow.plots import threshold_choice_text
 from hpaflow.submission import SubmissionError, check_submission, make_submission, write_submission
+from hpaflow.summary import Predictions, save_predictions
 
 
 def test_simplex_grid():
@@ -121,3 +126,96 @@ def test_check_rejects_a_non_numeric_label():
 def test_predictions_of_the_wrong_shape():
     with pytest.raises(SubmissionError, match=r"^predictions have shape \(3, 27\), expected \(3, 28\)$"):
         make_submission(SAMPLE, np.array(SAMPLE), np.zeros((3, 27), bool))
+
+
+def one_class_member(path) -> str:
+    """One model, ten rows, two folds; only class 0 has labels and scores (dyadic: exact in float32).
+    Fold 0's positive scores lowest (0.125), fold 1's highest (0.875); the other 27 classes are 0 throughout.
+    Worked by hand (thresholds fitted on the other fold, at_least_one off; macro F1 over 28 classes):
+      per_class: fold 0 must predict everything to catch its positive (0.125 - 1e-6), fold 1 cuts at
+        0.625: fold 0 predicts nothing, fold 1 everything: F1 2 / (2 + 4 + 1) = 2/7; 5 labels in 10 rows.
+        In-sample (all rows, cut (0.875 + 0.5) / 2): 2/3, the best in-sample figure.
+      rate (prior 0.2, k = 1 per fold): fold 0's cut (0.5 + 0.4375) / 2 passes only fold 1's 0.875, fold 1's
+        0.625 passes nothing in fold 0: F1 2/3; 1 label. All rows, k = 2: 0.46875 (0.875 and 0.5 pass).
+      global (grid): fold 0's 0.005 passes all of fold 1, fold 1's 0.375 passes fold 0's 0.5 and 0.4375:
+        F1 2 / (2 + 6 + 1) = 2/9; 7 labels."""
+    scores = [0.125, 0.5, 0.4375, 0.375, 0.25, 0.875, 0.375, 0.3125, 0.25, 0.1875]
+    probs = np.zeros((10, 28), np.float32)
+    probs[:, 0] = scores
+    labels = np.zeros((10, 28), np.uint8)
+    labels[[0, 5], 0] = 1
+    ids = np.array([f"i{k}" for k in range(10)])
+    pred = Predictions(ids, probs, labels, np.repeat([0, 1], 5), np.array(["t0"]), probs[:1])
+    save_predictions(pred, path)
+    return str(path)
+
+
+def ensemble_of_one(tmp_path, methods: list[str], final: str) -> dict:
+    config = {
+        "thresholds": {"methods": methods, "final": final, "shrink": 0, "min_positives": 0, "at_least_one": False},
+        "ensemble": {"weights": "equal", "weight_step": 0.1},
+    }
+    files = {"m": one_class_member(tmp_path / "m.h5")}
+    out = [str(tmp_path / f) for f in ("ens.h5", "metrics.json", "thresholds.csv")]
+    return run_ensemble(files, EnsembleSettings.from_config(config), *out)
+
+
+def test_final_best_takes_the_highest_cross_fitted_method(tmp_path):
+    """per_class looks best in-sample and overfits; rate wins cross-fitted and makes the submission."""
+    m = ensemble_of_one(tmp_path, ["global", "per_class", "rate"], "best")
+    assert json.loads((tmp_path / "metrics.json").read_text()) == m
+    for block in (m["models"]["m"], m["ensemble"]):
+        th = block["thresholds"]
+        assert list(th) == ["global", "per_class", "rate"]
+        crossed = {k: v["f1_cross_fitted"] for k, v in th.items()}
+        assert crossed == pytest.approx({"global": 2 / 9 / 28, "per_class": 2 / 7 / 28, "rate": 2 / 3 / 28})
+        in_sample = {k: v["f1_in_sample"] for k, v in th.items()}
+        assert in_sample == pytest.approx({"global": 2 / 3 / 28, "per_class": 2 / 3 / 28, "rate": 0.5 / 28})
+        assert block["final_method"] == "rate" and block["f1_cross_fitted"] == pytest.approx(2 / 3 / 28)
+        assert block["threshold_choice"] == {
+            "final": "best",
+            "method": "rate",
+            "why": "highest cross-fitted out-of-fold macro F1 of global 0.0079, per_class 0.0102, rate 0.0238",
+        }
+        assert block["labels_per_image"] == {"true": 0.2, "predicted": {"global": 0.7, "per_class": 0.5, "rate": 0.1}}
+        assert block["predicted_frequency"]["Nucleoplasm"] == 0.1 and block["true_frequency"]["Nucleoplasm"] == 0.2
+    # The submission's thresholds are rate's, fitted on all rows: 0.46875 for class 0, 1 (prior 0) for the rest.
+    assert pd.read_csv(tmp_path / "thresholds.csv")["threshold"].tolist() == [0.46875] + [1.0] * 27
+    with h5py.File(tmp_path / "ens.h5") as h5:
+        assert h5.attrs["final_method"] == "rate"
+        assert h5["oof_pred_cross_fitted"][:, 0].tolist() == [False] * 5 + [True] + [False] * 4
+    assert threshold_choice_text(m["ensemble"]["threshold_choice"], m["ensemble"]["labels_per_image"]) == (
+        "Thresholds of the submission: ``rate`` (thresholds.final ``best``: highest cross-fitted out-of-fold macro "
+        "F1 of global 0.0079, per_class 0.0102, rate 0.0238). Labels per image, ensemble out-of-fold with "
+        "cross-fitted thresholds: global 0.70, per_class 0.50, rate 0.10; the training labels have 0.20."
+    )
+
+
+def test_a_named_final_method_is_scored_and_kept(tmp_path):
+    # rate is not among the methods: it is scored too and taken as named.
+    m = ensemble_of_one(tmp_path, ["global", "per_class"], "rate")
+    assert list(m["ensemble"]["thresholds"]) == ["global", "per_class", "rate"]
+    assert m["ensemble"]["threshold_choice"] == {
+        "final": "rate",
+        "method": "rate",
+        "why": "thresholds.final names rate",
+    }
+    # per_class named: kept although rate scores higher; its all-rows cut (0.875 + 0.5) / 2 goes in the table.
+    m = ensemble_of_one(tmp_path, ["global", "per_class", "rate"], "per_class")
+    assert m["ensemble"]["final_method"] == "per_class" and m["ensemble"]["f1_cross_fitted"] == pytest.approx(
+        2 / 7 / 28
+    )
+    assert pd.read_csv(tmp_path / "thresholds.csv")["threshold"].tolist() == [0.6875] + [1.0] * 27
+    with pytest.raises(ValueError, match=r"^thresholds.final: best needs at least one method in thresholds.methods$"):
+        ensemble_of_one(tmp_path, [], "best")
+
+
+def test_ensemble_settings_score_a_named_final_method_but_not_best():
+    def methods(listed, final):
+        th = {"methods": listed, "final": final, "shrink": 0, "min_positives": 0, "at_least_one": True}
+        return EnsembleSettings.from_config({"thresholds": th, "ensemble": {"weights": "equal", "weight_step": 0.1}})
+
+    assert methods(["rate", "global"], "best").methods == ["rate", "global"]
+    assert methods(["rate", "global"], "best").final.method == "best"
+    assert methods(["rate"], "per_class").methods == ["rate", "per_class"]
+    assert methods(["rate", "global"], "global").methods == ["rate", "global"]

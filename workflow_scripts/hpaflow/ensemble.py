@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -31,8 +31,8 @@ WEIGHTINGS = ("equal", "fitted")  # ensemble.weights: combine_models branches on
 class EnsembleSettings:
     """The stage's settings; defaults live in the config schema only (from_config)."""
 
-    methods: list[str]  # threshold methods scored in metrics.json, the final one included
-    final: ThresholdSettings  # the submission's thresholds
+    methods: list[str]  # threshold methods scored in metrics.json, a named final one included
+    final: ThresholdSettings  # the submission's thresholds (method best: resolved per model by summary.score)
     weights: str  # equal | fitted
     weight_step: float
 
@@ -40,7 +40,7 @@ class EnsembleSettings:
     def from_config(cls, config: dict) -> EnsembleSettings:
         th, ens = config["thresholds"], config["ensemble"]
         return cls(
-            list(dict.fromkeys(th["methods"] + [th["final"]])),
+            list(dict.fromkeys(th["methods"] + ([] if th["final"] == "best" else [th["final"]]))),
             ThresholdSettings.from_config(config),
             ens["weights"],
             ens["weight_step"],
@@ -140,11 +140,12 @@ def run_ensemble(
             name,
             metrics["models"][name]["f1_at_0.5"],
             metrics["models"][name]["f1_cross_fitted"],
-            final.method,
+            metrics["models"][name]["final_method"],
         )
 
     ens, weights, crossed_probs = combine_models(models, settings.weights, settings.weight_step)
     ens_metrics, ens_eval = score(ens, methods, final, prior)
+    final = replace(final, method=ens_metrics["final_method"])  # the submission's method, best resolved
     if crossed_probs is not None:
         # Weights and thresholds both fitted without the held-out fold.
         crossed_pred = cross_fit(

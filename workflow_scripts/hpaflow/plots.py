@@ -94,6 +94,13 @@ def label_frequency(metrics: dict, path: str | Path) -> None:
     ax.set_xticks(x, [f"{k} {c}" for k, c in enumerate(CLASS_NAMES)], rotation=75, fontsize=7)
     ax.set_ylabel("fraction of images")
     ax.legend(fontsize=8)
+    if per_image := metrics["ensemble"].get("labels_per_image"):
+        method = metrics["ensemble"]["final_method"]
+        ax.set_title(
+            f"{method} thresholds: {per_image['predicted'][method]:.2f} labels per image predicted, "
+            f"{per_image['true']:.2f} in the training labels",
+            fontsize=9,
+        )
     _save(fig, path)
 
 
@@ -139,6 +146,8 @@ def headline_table(metrics: dict) -> str:
     for row in [header, *rows]:
         cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
         lines += [f"   * - {cells[0] or ' '}"] + [f"     - {c or ' '}" for c in cells[1:]]
+    if choice := metrics["ensemble"].get("threshold_choice"):
+        lines += ["", threshold_choice_text(choice, metrics["ensemble"]["labels_per_image"])]
     if d := metrics.get("duplicates"):
         lines += [
             "",
@@ -149,6 +158,16 @@ def headline_table(metrics: dict) -> str:
             f"{d['dropped_external']} external fields left out.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def threshold_choice_text(choice: dict, labels_per_image: dict) -> str:
+    """The submission's threshold method, why, and labels per image predicted by each method against the truth."""
+    predicted = ", ".join(f"{m} {v:.2f}" for m, v in labels_per_image["predicted"].items())
+    return (
+        f"Thresholds of the submission: ``{choice['method']}`` (thresholds.final ``{choice['final']}``: "
+        f"{choice['why']}). Labels per image, ensemble out-of-fold with cross-fitted thresholds: {predicted}; "
+        f"the training labels have {labels_per_image['true']:.2f}."
+    )
 
 
 def duplicate_pairs(duplicates_csv: str | Path, shard_files: list[str], path: str | Path, n: int = 6) -> None:

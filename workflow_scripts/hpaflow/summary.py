@@ -18,7 +18,7 @@ from . import h5names as h5n
 from .files import atomic_path
 from .labels import CLASS_NAMES
 from .metrics import f1_per_class, macro_f1_at
-from .thresholds import ThresholdSettings, evaluate
+from .thresholds import ThresholdSettings, choose, evaluate
 
 log = logging.getLogger("hpaflow")
 
@@ -102,7 +102,9 @@ def prior_baseline_f1(train_rate: np.ndarray, true_rate: np.ndarray) -> float:
 def score(p: Predictions, methods: list[str], final: ThresholdSettings, prior: np.ndarray) -> tuple[dict, dict]:
     """The figures of one model (or the ensemble) for metrics.json, and the final method's evaluation.
 
-    `methods` includes final.method (EnsembleSettings adds it).
+    `methods` includes final.method unless that is best (EnsembleSettings adds it); best is resolved here,
+    per model, from these figures (thresholds.choose). Labels per image: cross-fitted predictions' mean
+    against the labels' mean.
     """
     y, probs = p.labels, p.oof_probs
     out = {"f1_at_0.5": macro_f1_at(y, probs, 0.5), "thresholds": {}}
@@ -114,9 +116,15 @@ def score(p: Predictions, methods: list[str], final: ThresholdSettings, prior: n
             "f1_in_sample": ev["f1_in_sample"],
             "values": [round(float(t), 4) for t in ev["thresholds"]],
         }
-    final_eval = evals[final.method]
+    method, why = choose(final.method, {m: out["thresholds"][m]["f1_cross_fitted"] for m in methods})
+    final_eval = evals[method]
     crossed = final_eval["cross_fitted_pred"]
-    out["final_method"] = final.method
+    out["final_method"] = method
+    out["threshold_choice"] = {"final": final.method, "method": method, "why": why}
+    out["labels_per_image"] = {
+        "true": round(float(y.sum(1).mean()), 4),
+        "predicted": {m: round(float(ev["cross_fitted_pred"].sum(1).mean()), 4) for m, ev in evals.items()},
+    }
     out["f1_cross_fitted"] = final_eval["f1_cross_fitted"]
     out["per_class_f1"] = dict(zip(CLASS_NAMES, np.round(f1_per_class(y, crossed), 4).tolist()))
     out["predicted_frequency"] = dict(zip(CLASS_NAMES, np.round(crossed.mean(0), 5).tolist()))

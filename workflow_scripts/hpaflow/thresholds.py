@@ -4,6 +4,7 @@ Pure numpy. Methods (config `thresholds.methods`):
   global     one value for all classes, the macro-F1 optimum over a fine grid
   per_class  each class's F1 optimum, by an exact sweep over its sorted scores (O(N log N))
   rate       each class's predicted positive rate matched to its training prior
+`thresholds.final: best` takes, of the methods scored, the one with the highest cross-fitted macro F1 (choose).
 Per-class values may be shrunk toward the global one (weight n_pos / (n_pos + shrink)), and
 classes with fewer than `min_positives` positives take the global value outright.
 """
@@ -19,6 +20,7 @@ from .metrics import macro_f1
 
 GRID = np.round(np.arange(0.005, 0.996, 0.005), 3)
 METHODS = ("global", "per_class", "rate")
+FINAL_METHODS = ("best", *METHODS)  # thresholds.final: a method, or best = chosen by cross-fitted macro F1
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ def best_per_class(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     if n_pos == 0:
         return 1.0, 0.0  # nothing to find: predict nothing (F1 is 0 either way)
     order = np.argsort(-s)  # any order of equal scores: only cuts between distinct scores count
-    ss = s[order]
+    # float64: the float32 midpoint of two neighbouring float32 scores rounds onto one of them.
+    ss = s[order].astype(np.float64)
     tp = np.cumsum(y[order])
     k = np.arange(1, len(s) + 1)
     f1 = 2 * tp / (k + n_pos)
@@ -78,12 +81,19 @@ def best_per_class(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
 
 
 def rate_thresholds(p: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """Per class, the threshold whose predicted positive rate on p matches the prior."""
+    """Per class, the threshold whose predicted positive rate on p matches the prior.
+
+    k = prior * n rounded half up (not Python's half to even): an expected half image is still predicted once,
+    and k grows with prior * n without even/odd flips. The cut is the midpoint between the k-th and (k+1)-th
+    highest score; when these are equal the whole run of equal scores stays unpredicted (fewer than k).
+    """
     n = len(p)
     out = np.empty(p.shape[1])
     for c in range(p.shape[1]):
-        k = int(round(prior[c] * n))
-        s = np.sort(p[:, c])[::-1]
+        # + 1e-9: a prior of counts (15 / 22) times n (11) lands a hair under its half (7.4999...); a value
+        # that is not a half lies at least 1 / (2 * rows) from one.
+        k = int(np.floor(prior[c] * n + 0.5 + 1e-9))
+        s = np.sort(p[:, c].astype(np.float64))[::-1]  # float64 midpoints, as in best_per_class
         out[c] = 1.0 if k <= 0 else (s[k - 1] + s[k]) / 2 if k < n else s[-1] - 1e-6
     return out
 
@@ -104,6 +114,19 @@ def fit(y: np.ndarray, p: np.ndarray, settings: ThresholdSettings, prior: np.nda
         w = n_pos / (n_pos + settings.shrink)
         t = w * t + (1 - w) * t_global
     return np.where(n_pos < settings.min_positives, t_global, t)
+
+
+def choose(final: str, f1_cross_fitted: dict[str, float]) -> tuple[str, str]:
+    """(method, why) of `thresholds.final`: a named method as it is, or for best the method with the highest
+    cross-fitted macro F1 in `f1_cross_fitted` (the first in its order among equal ones)."""
+    if final != "best":
+        return final, f"thresholds.final names {final}"
+    if not f1_cross_fitted:
+        raise ValueError("thresholds.final: best needs at least one method in thresholds.methods")
+    method = max(f1_cross_fitted, key=f1_cross_fitted.__getitem__)  # max keeps the first of equal keys
+    scores = ", ".join(f"{m} {f:.4f}" for m, f in f1_cross_fitted.items())
+    tied = list(f1_cross_fitted.values()).count(f1_cross_fitted[method]) > 1
+    return method, f"highest cross-fitted out-of-fold macro F1 of {scores}" + (" (the first of equal ones)" * tied)
 
 
 def apply(p: np.ndarray, t: np.ndarray | float, at_least_one: bool) -> np.ndarray:
