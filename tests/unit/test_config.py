@@ -103,6 +103,9 @@ def test_every_schema_default_reaches_the_stage():
         "datasets": cfg["datasets"][:3],
         "authors": schema_defaults(schema["export"])["authors"],
         "license": schema_defaults(schema["export"])["license"],
+        "crops": schema_defaults(schema["predict"])["crops"],
+        "crop_placement": schema_defaults(schema["predict"])["crop_placement"],
+        "seed": schema["seed"]["default"],
     }
     assert ExportSettings.from_config({**cfg, "export": {**cfg["export"], "tta_views": [0, 4]}}).views == [0, 4]
     with pytest.raises(ValueError, match="tiling: the exported graph scores whole images"):
@@ -116,6 +119,9 @@ def test_every_schema_default_reaches_the_stage():
         "batch_size": pred["batch_size"],
         "device": schema["device"]["default"],
         "threads": 2,
+        "crops": pred["crops"],
+        "crop_placement": pred["crop_placement"],
+        "seed": schema["seed"]["default"],
     }
 
 

@@ -65,7 +65,9 @@ class Tiny:
 
 
 FIELD_IDS = ["f0", "f1", "f2"]
-SETTINGS = ExportSettings([0, 1], "mean", True, [{"name": "d", "format": "png", "bits": 16}], ["A B"], "CC-BY-4.0")
+SETTINGS = ExportSettings(
+    [0, 1], "mean", True, [{"name": "d", "format": "png", "bits": 16}], ["A B"], "CC-BY-4.0", 0, "fixed", 0
+)
 METRICS = {
     "n_train": 10,
     "ensemble": {"f1_cross_fitted": 0.3, "f1_at_0.5": 0.2, "final_method": "per_class"},
@@ -421,7 +423,10 @@ def resized(request, tmp_path_factory) -> Resized:
     root = tmp_path_factory.mktemp(f"resized{size}")
     torch.manual_seed(size)
     model = build_model("resnet18", CHANNELS["gyb"])
-    cfg = {"name": "m", "backbone": "resnet18", "color_mode": "gyb", "image_size": size}
+    cfg = {
+        **{"name": "m", "backbone": "resnet18", "color_mode": "gyb", "image_size": size, "crop_size": None},
+        **{"normalize": "imagenet", "head": "linear", "head_hidden": 512, "dropout": 0.5},
+    }
     state = {h5n.FORMAT: h5n.CHECKPOINT_FORMAT, h5n.CKPT_MODEL: model.state_dict(), h5n.CKPT_CONFIG: cfg}
     torch.save({**state, h5n.CKPT_TRAIN_IDS: ["a"]}, root / "best.pt")
     fields = write_fields(root / "fields", FIELD_IDS, size=SOURCE, seed=size)
@@ -434,7 +439,9 @@ def resized(request, tmp_path_factory) -> Resized:
     assert list(ids) == FIELD_IDS
     fed = np.stack([ShardDataset(rows, cfg["image_size"])[i][0].numpy() for i in range(len(rows))])
     # export: the ensemble of that checkpoint, its sample made as the export job makes it.
-    module = EnsembleModule.from_checkpoints([[root / "best.pt"]], [1.0], VIEWS, "mean")
+    module = EnsembleModule.from_checkpoints(
+        [[root / "best.pt"]], [1.0], VIEWS, "mean", crops=0, crop_placement="fixed", seed=0
+    )
     assert module.image_size == size
     folder = root / "pkg"
     thresholds = np.full(28, 0.5)

@@ -80,7 +80,18 @@ def test_changed_folds_or_labels_retrain_from_scratch(tmp_path, umask_022):
             str(wf / "results/folds.csv"),
             0,
             str(tmp_path / "p.h5"),
-            PredictSettings([0], "mean", "mean", save_views=False, batch_size=8, device="cpu", threads=1),
+            PredictSettings(
+                [0],
+                "mean",
+                "mean",
+                save_views=False,
+                batch_size=8,
+                device="cpu",
+                threads=1,
+                crops=0,
+                crop_placement="fixed",
+                seed=0,
+            ),
         )
     assert not (tmp_path / "p.h5").exists()
 

@@ -7,7 +7,8 @@ the rules that read it meet here; a reader meeting another format stops with the
   image_size, of the whole image for its tiles), ROW_DIGESTS, LABELS uint8 (N, 28) for train shards.
 - results/shards/{dataset}/index.json, rule shard_index -> every shard reader: the dataset's shard files.
 - results/predictions/{model}/fold{k}.h5, rule predict -> model_summary: a group per part (OOF,
-  TEST), each with IDS, PROBS float32 (N, 28), LABELS (OOF) and VIEWS (V, N, 28) when saved.
+  TEST), each with IDS, PROBS float32 (N, 28), LABELS (OOF) and VIEWS (C*V, N, 28) when saved
+  (crop-major: entry c*V + v is crop c in view v; C = 1 without crops).
 - results/summary/{model}.h5, rule model_summary -> ensemble, and results/ensemble.h5, rule
   ensemble -> submission, plots: SUMMARY_STRINGS and SUMMARY_ARRAYS (the fields of
   summary.Predictions); the ensemble adds THRESHOLDS (28,) and OOF_PRED_CROSS_FITTED (N, 28).
@@ -29,7 +30,7 @@ from pathlib import Path
 FORMAT = "format_version"
 SHARD_FORMAT = 2  # 2: ROW_DIGESTS
 PREDICTIONS_FORMAT = 1
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: models are body + head (hpaflow.models.Classifier), other state-dict names
 # What rewrites each kind of file, for the error.
 RERUN = {
     "shard": "snakemake --forcerun shard (or delete results/shards/)",
