@@ -13,7 +13,20 @@ import torch
 import yaml
 
 from conftest import REPO
-from hpaflow import augment, data, duplicates, ensemble, layout, losses, models, predict, shards, thresholds, train, transforms
+from hpaflow import (
+    augment,
+    data,
+    duplicates,
+    ensemble,
+    layout,
+    losses,
+    models,
+    predict,
+    shards,
+    thresholds,
+    train,
+    transforms,
+)
 from hpaflow.summary import Predictions
 
 SCHEMA = yaml.safe_load((REPO / "config" / "schemas" / "config.schema.yaml").read_text())
@@ -96,14 +109,27 @@ def test_every_sampler_draws_one_epoch_of_row_indices_and_an_unknown_one_is_name
 
 
 def test_every_optimizer_and_scheduler_builds_what_its_name_says():
-    assert train.OPTIMIZERS == {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    from hpaflow.schedules import Schedule, lr_at
+
     p = [torch.nn.Parameter(torch.zeros(2))]
-    opt = torch.optim.SGD(p, lr=1.0)
-    cosine = train.SCHEDULERS["cosine"](opt, 9)
-    assert isinstance(cosine, torch.optim.lr_scheduler.CosineAnnealingLR) and cosine.T_max == 9
-    step = train.SCHEDULERS["step"](opt, 9)
-    assert isinstance(step, torch.optim.lr_scheduler.StepLR) and (step.step_size, step.gamma) == (3, 0.1)
-    assert train.SCHEDULERS["step"](opt, 2).step_size == 1
+    built = {name: make(p, lr=0.1, weight_decay=0.01) for name, make in train.OPTIMIZERS.items()}
+    assert {name: type(opt) for name, opt in built.items()} == {
+        "sgd": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "adamax": torch.optim.Adamax,
+    }
+    assert all((opt.defaults["lr"], opt.defaults["weight_decay"]) == (0.1, 0.01) for opt in built.values())
+    assert (built["sgd"].defaults["momentum"], built["sgd"].defaults["nesterov"]) == (0.9, True)
+    # the rate of each of 4 epochs at lr 1 (cosine_restarts: every 2 epochs)
+    got = {name: [lr_at(Schedule(1.0, 4, name, restart_period=2), e) for e in range(4)] for name in train.SCHEDULERS}
+    c = 2**0.5 / 4  # cos(pi / 4) / 2
+    assert got == {
+        "cosine": pytest.approx([1, 0.5 + c, 0.5, 0.5 - c]),
+        "step": pytest.approx([1, 0.1, 0.01, 0.001]),  # x0.1 every third of the epochs (at least every epoch)
+        "cosine_restarts": pytest.approx([1, 0.5, 1, 0.5]),
+        "constant": [1, 1, 1, 1],
+    }
 
 
 def test_every_threshold_method_fits_28_thresholds():

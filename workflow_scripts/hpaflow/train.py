@@ -2,7 +2,9 @@
 
 Files in `out_dir` (= results/models/{model}/fold{fold}/):
   checkpoints/last.pt  everything needed to resume (written atomically after every epoch)
-  checkpoints/best.pt  weights of the best epoch by validation macro F1, with the Ids trained on
+  checkpoints/best.pt  weights of the best epoch by validation macro F1, with the Ids trained on; with
+                       average_last k > 1, at the end the mean of the last k epochs' weights instead
+                       (BatchNorm statistics recomputed, validated once more: the log has its figures)
   best.pt, metrics.csv the rule's outputs, (re)written from the above
 The checkpoints are not rule outputs, so Snakemake's clean-up of a failed or requeued job
 keeps them and the rerun resumes: only when the job is the same one (`job_fingerprint`), so a
@@ -17,12 +19,15 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 from . import h5names as h5n
@@ -30,12 +35,19 @@ from .augment import prepare_batch
 from .contracts import STAGES
 from .data import ShardDataset, ShardRows, fold_of, make_sampler
 from .files import atomic_path
-from .losses import LOSSES
+from .losses import make_loss
 from .metrics import bce_from_probs, macro_f1_at
 from .models import build_model
 from .predict import predict_probs
 from .progress import Progress, format_seconds
 from .runtime import autocast_dtype, pick_device, use_threads
+from .schedules import (
+    SCHEDULERS,  # noqa: F401 (models[].scheduler's registry, beside OPTIMIZERS)
+    Schedule,
+    accumulation_plan,
+    batch_sizes,
+    lr_at,
+)
 from .shards import content_fingerprint
 from .thresholds import best_global
 from .transforms import CHANNELS
@@ -94,6 +106,17 @@ class TrainConfig:
             pretrained_dir=config["pretrained_dir"],
             visdom=config["visdom"],
             **model,
+        )
+
+    def schedule(self) -> Schedule:
+        return Schedule(
+            self.lr,
+            self.epochs,
+            self.scheduler,
+            self.step_epochs,
+            self.step_rates,
+            self.restart_period,
+            self.warmup_epochs,
         )
 
     def settings(self) -> dict:
@@ -157,11 +180,12 @@ def resumable_state(last: Path, fingerprint: dict[str, str]) -> dict | None:
     return state
 
 
-# models[].optimizer and models[].scheduler (optimizer, epochs) -> what each builds; the schema's enums are these keys.
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-SCHEDULERS = {
-    "cosine": lambda opt, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
-    "step": lambda opt, epochs: torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=0.1),
+# models[].optimizer -> its torch.optim class (built with lr and weight_decay); the schema's enum is these keys.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": partial(torch.optim.SGD, momentum=0.9, nesterov=True),
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adamax": torch.optim.Adamax,
 }
 
 
@@ -169,8 +193,10 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer):
-    return SCHEDULERS[cfg.scheduler](opt, cfg.epochs)
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """The epoch's rate on every parameter group (schedules.lr_at): no scheduler state to save or restore."""
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def rng_state() -> dict:
@@ -209,6 +235,30 @@ def loader(ds: ShardDataset, batch_size: int, workers: int, sampler=None, train:
     )
 
 
+def backward(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    scaler: torch.amp.GradScaler,
+    dtype: torch.dtype | None,
+    weight: float = 1.0,
+) -> float:
+    """Add one batch's gradient, its loss scaled by `weight` (mixed precision when dtype is set); returns the
+    batch loss (unweighted)."""
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        loss = loss_fn(model(x).float(), y)
+    scaler.scale(loss * weight).backward()
+    return float(loss.detach())
+
+
+def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Step on the gradient accumulated since the last step, then clear it."""
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+
+
 def train_step(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -218,14 +268,36 @@ def train_step(
     scaler: torch.amp.GradScaler,
     dtype: torch.dtype | None,
 ) -> float:
-    """One optimisation step (mixed precision when dtype is set); returns the batch loss."""
-    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-        loss = loss_fn(model(x).float(), y)
+    """One optimisation step on one batch; returns the batch loss."""
     opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
-    return float(loss.detach())
+    loss = backward(model, x, y, loss_fn, scaler, dtype)
+    optimizer_step(opt, scaler)
+    return loss
+
+
+@dataclass
+class WeightAverage:
+    """Running sum of the weights after each of the last average_last epochs (float64, on the CPU)."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, model: torch.nn.Module) -> None:
+        for name, v in model.state_dict().items():
+            if v.is_floating_point():  # BatchNorm's batch counters are not weights (and are recomputed)
+                v = v.detach().to("cpu", torch.float64)
+                self.sums[name] = self.sums[name] + v if name in self.sums else v.clone()
+        self.count += 1
+
+    def load_into(self, model: torch.nn.Module) -> None:
+        """Set the model's floating-point entries to their mean; the rest stay."""
+        if self.count == 0:
+            raise ValueError("no weights to average: none were added")
+        state = model.state_dict()
+        model.load_state_dict({**state, **{n: (s / self.count).to(state[n].dtype) for n, s in self.sums.items()}})
+
+    def state(self) -> dict:
+        return {"sums": self.sums, "count": self.count}
 
 
 @dataclass
@@ -234,35 +306,37 @@ class Training:
 
     model: torch.nn.Module
     opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     dtype: torch.dtype | None
     history: list[dict]
     best_f1: float = -1.0
     start_epoch: int = 0
+    average: WeightAverage = field(default_factory=WeightAverage)
 
     def state(self, epoch: int, fingerprint: dict) -> dict:
-        """last.pt: everything a resumed job needs to go on exactly as an uninterrupted one."""
+        """last.pt: everything a resumed job needs to go on exactly as an uninterrupted one. The learning
+        rate is a function of the epoch (and of the settings, in the fingerprint); gradient accumulation
+        starts afresh each epoch."""
         return {
             h5n.FORMAT: h5n.CHECKPOINT_FORMAT,
             h5n.CKPT_MODEL: self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "epoch": epoch,
             "history": self.history,
             "best_f1": self.best_f1,
+            "average": self.average.state(),
             h5n.CKPT_FINGERPRINT: fingerprint,
         }
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state[h5n.CKPT_MODEL])
         self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.start_epoch, self.history, self.best_f1 = state["epoch"] + 1, state["history"], state["best_f1"]
+        self.average = WeightAverage(**state["average"])
 
 
 def split_rows(
@@ -280,41 +354,61 @@ def split_rows(
 
 def new_training(cfg: TrainConfig, device: torch.device) -> Training:
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.backbone, CHANNELS[cfg.color_mode], cfg.pretrained, cfg.pretrained_dir).to(device)
+    model = build_model(
+        cfg.backbone,
+        CHANNELS[cfg.color_mode],
+        cfg.pretrained,
+        cfg.pretrained_dir,
+        head=cfg.head,
+        head_hidden=cfg.head_hidden,
+        dropout=cfg.dropout,
+    ).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model.parameters())
     dtype = autocast_dtype(device)
-    return Training(
-        model, opt, make_scheduler(cfg, opt), torch.amp.GradScaler("cuda", enabled=dtype == torch.float16), dtype, []
-    )
+    return Training(model, opt, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16), dtype, [])
 
 
 def train_epoch(
-    t: Training, cfg: TrainConfig, ds: ShardDataset, labels: np.ndarray, epoch: int, device: torch.device, workers: int
+    t: Training,
+    cfg: TrainConfig,
+    ds: ShardDataset,
+    labels: np.ndarray,
+    loss_fn,
+    epoch: int,
+    device: torch.device,
+    workers: int,
 ) -> tuple[float, float]:
-    """One pass over the training rows; returns the mean loss and images per second."""
+    """One pass over the training rows at the epoch's learning rate, one optimiser step per cfg.accumulate
+    batches; returns the mean loss and images per second."""
     t.model.train()
+    set_lr(t.opt, lr_at(cfg.schedule(), epoch))
     ds.set_epoch(epoch)
-    dl = loader(ds, cfg.batch_size, workers, make_sampler(cfg.sampler, labels, cfg.seed, epoch), train=True)
+    sampler = make_sampler(cfg.sampler, labels, cfg.seed, epoch)
+    dl = loader(ds, cfg.batch_size, workers, sampler, train=True)
+    plan = accumulation_plan(batch_sizes(len(sampler), cfg.batch_size, dl.drop_last), cfg.accumulate)
     progress = Progress(len(ds), f"epoch {epoch + 1}/{cfg.epochs}", "img", log=log)
     t0, total_loss, seen = time.monotonic(), 0.0, 0
-    loss_fn = LOSSES[cfg.loss]
-    for rgby, params, y in dl:
-        x = prepare_batch(rgby, cfg.color_mode, device, params if cfg.augment else None)
+    t.opt.zero_grad(set_to_none=True)
+    for (rgby, params, y), (weight, step) in zip(dl, plan, strict=True):
+        x = prepare_batch(rgby, cfg.color_mode, device, params if cfg.augment else None, normalize=cfg.normalize)
         y = y.to(device, non_blocking=True)
-        loss = train_step(t.model, x, y, loss_fn, t.opt, t.scaler, t.dtype)
+        loss = backward(t.model, x, y, loss_fn, t.scaler, t.dtype, weight)
+        if step:
+            optimizer_step(t.opt, t.scaler)
         total_loss += loss * len(x)
         seen += len(x)
         progress.suffix = f"loss {total_loss / seen:.4f}"
         progress.update(len(x))
-    t.sched.step()
     return total_loss / seen, seen / (time.monotonic() - t0)
 
 
-def validate(model: torch.nn.Module, dl: DataLoader, y: np.ndarray, device: torch.device, color_mode: str) -> dict:
+def validate(
+    model: torch.nn.Module, dl: DataLoader, y: np.ndarray, device: torch.device, color_mode: str, normalize: str
+) -> dict:
     """Validation figures of one epoch: BCE, macro F1 at 0.5 and at the best global threshold."""
-    probs = predict_probs(model, dl, device, color_mode)[0]
+    probs = predict_probs(model, dl, device, color_mode, normalize=normalize)[0]
     thr, f1_best = best_global(y, probs)
     return {
         "val_bce": bce_from_probs(y, probs),
@@ -324,24 +418,87 @@ def validate(model: torch.nn.Module, dl: DataLoader, y: np.ndarray, device: torc
     }
 
 
+def recompute_batchnorm(
+    model: torch.nn.Module, batches: Iterable[torch.Tensor], dtype: torch.dtype | None = None
+) -> None:
+    """BatchNorm running statistics from scratch over `batches` (model inputs), as torch's update_bn: forward
+    passes in train mode without gradients, each batch's mean and variance weighing equally (momentum None)."""
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        update_bn(batches, model)
+
+
+def averaging(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the weights after `epoch` (0-based) join the average (average_last > 1: the last k epochs)."""
+    return cfg.average_last > 1 and epoch >= cfg.epochs - cfg.average_last
+
+
+def averaged_epochs(cfg: TrainConfig) -> list[int]:
+    """The epochs (1-based, as in metrics.csv) whose weights average_last averages."""
+    return list(range(cfg.epochs - cfg.average_last + 1, cfg.epochs + 1))
+
+
+def average_weights(
+    t: Training,
+    cfg: TrainConfig,
+    train_ds: ShardDataset,
+    val_dl: DataLoader,
+    val_y: np.ndarray,
+    device: torch.device,
+    workers: int,
+) -> dict:
+    """average_last > 1: the model becomes the mean of the weights after each of the last k epochs, its
+    BatchNorm statistics recomputed over the training rows (each once, augmented as in training, drawn as
+    one more epoch) and validated; returns the validation figures (logged, and kept in best.pt, not in
+    metrics.csv, whose rows are the epochs)."""
+    t.average.load_into(t.model)
+    train_ds.set_epoch(cfg.epochs)
+    dl = loader(train_ds, cfg.batch_size, workers, train=True)
+    batches = (
+        prepare_batch(rgby, cfg.color_mode, device, params if cfg.augment else None, normalize=cfg.normalize)
+        for rgby, params, _ in dl
+    )
+    recompute_batchnorm(t.model, batches, t.dtype)
+    val = validate(t.model, val_dl, val_y, device, cfg.color_mode, cfg.normalize)
+    epochs = averaged_epochs(cfg)
+    log.info(
+        "average of epochs %d-%d, BatchNorm statistics recomputed on %d training images: val BCE %.4f, "
+        "val macro F1 %.4f at 0.5, %.4f at %.2f",
+        epochs[0],
+        epochs[-1],
+        len(train_ds),
+        val["val_bce"],
+        val["val_f1_at_0.5"],
+        val["val_f1_best_global"],
+        val["best_global_threshold"],
+    )
+    return val
+
+
+def best_checkpoint(t: Training, cfg: TrainConfig, row: dict, fingerprint: dict, trained_on: list[str]) -> dict:
+    """best.pt: the model's weights, with what predict needs to rebuild it and to refuse leaks."""
+    return {
+        h5n.FORMAT: h5n.CHECKPOINT_FORMAT,
+        h5n.CKPT_MODEL: t.model.state_dict(),
+        "epoch": row["epoch"],
+        "val_f1": row["val_f1_best_global"],
+        "threshold": row["best_global_threshold"],
+        h5n.CKPT_CONFIG: asdict(cfg),
+        h5n.CKPT_FINGERPRINT: fingerprint,
+        h5n.CKPT_TRAIN_IDS: trained_on,
+    }
+
+
 def end_epoch(t: Training, cfg: TrainConfig, row: dict, out: Path, fingerprint: dict, trained_on: list[str]) -> bool:
     """Record an epoch: its row in metrics.csv, best.pt when validation improved, last.pt always."""
     ckpt_dir = out / "checkpoints"
     t.history.append(row)
+    if averaging(cfg, row["epoch"] - 1):
+        t.average.add(t.model)
     improved = row["val_f1_best_global"] > t.best_f1
     if improved:
         t.best_f1 = row["val_f1_best_global"]
-        best = {
-            h5n.FORMAT: h5n.CHECKPOINT_FORMAT,
-            h5n.CKPT_MODEL: t.model.state_dict(),
-            "epoch": row["epoch"],
-            "val_f1": t.best_f1,
-            "threshold": row["best_global_threshold"],
-            h5n.CKPT_CONFIG: asdict(cfg),
-            h5n.CKPT_FINGERPRINT: fingerprint,
-            h5n.CKPT_TRAIN_IDS: trained_on,
-        }
-        save(best, ckpt_dir / "best.pt")
+        save(best_checkpoint(t, cfg, row, fingerprint, trained_on), ckpt_dir / "best.pt")
     save(t.state(row["epoch"] - 1, fingerprint), ckpt_dir / "last.pt")
     write_metrics(t.history, out / "metrics.csv")
     return improved
@@ -381,9 +538,10 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
         device,
         workers,
     )
-    train_ds = ShardDataset(train_rows, cfg.image_size, train=cfg.augment, seed=cfg.seed)
-    val_dl = loader(ShardDataset(val_rows, cfg.image_size), cfg.batch_size, workers)
+    train_ds = ShardDataset(train_rows, cfg.image_size, train=cfg.augment, seed=cfg.seed, crop_size=cfg.crop_size)
+    val_dl = loader(ShardDataset(val_rows, cfg.image_size), cfg.batch_size, workers)  # whole images
     t = new_training(cfg, device)
+    loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weights, train_rows.labels)  # class weights: this fold's
     fingerprint = job_fingerprint(cfg, rows, fold, shard_files)
     trained_on = sorted(set(train_rows.ids))  # recorded in best.pt: predict refuses to score these out-of-fold
 
@@ -404,19 +562,25 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
 
     run_start = time.monotonic()
     for epoch in range(t.start_epoch, cfg.epochs):
-        train_loss, rate = train_epoch(t, cfg, train_ds, train_rows.labels, epoch, device, workers)
-        val = validate(t.model, val_dl, val_rows.labels, device, cfg.color_mode)
-        lr = t.opt.param_groups[0]["lr"]
+        train_loss, rate = train_epoch(t, cfg, train_ds, train_rows.labels, loss_fn, epoch, device, workers)
+        val = validate(t.model, val_dl, val_rows.labels, device, cfg.color_mode, cfg.normalize)
+        lr = t.opt.param_groups[0]["lr"]  # the rate this epoch ran at (set at its start)
         row = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": lr, "images_per_s": rate}
         improved = end_epoch(t, cfg, row, out, fingerprint, trained_on)
         eta = (time.monotonic() - run_start) / (epoch + 1 - t.start_epoch) * (cfg.epochs - epoch - 1)
         log_epoch(cfg, row, improved, eta)
         plot.update(t.history)
 
+    if cfg.average_last > 1:  # best.pt becomes the average, whichever epoch validated best
+        val = average_weights(t, cfg, train_ds, val_dl, val_rows.labels, device, workers)
+        t.best_f1 = val["val_f1_best_global"]
+        best = best_checkpoint(t, cfg, {"epoch": cfg.epochs, **val}, fingerprint, trained_on)
+        save({**best, "averaged_epochs": averaged_epochs(cfg)}, ckpt_dir / "best.pt")
     with atomic_path(out / "best.pt") as tmp:
         shutil.copyfile(ckpt_dir / "best.pt", tmp)
     write_metrics(t.history, out / "metrics.csv")
-    log.info("done: best validation macro F1 %.4f", t.best_f1)
+    kept = "best" if cfg.average_last == 1 else "averaged model's"
+    log.info("done: %s validation macro F1 %.4f", kept, t.best_f1)
     return {"best_f1": t.best_f1, "history": t.history}
 
 
