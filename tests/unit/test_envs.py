@@ -79,7 +79,7 @@ def test_requirements_carry_the_mandated_pins():
 # Modules a package imports only when first used: where the key is in a script's import closure,
 # these are imported too when the closure is recorded.
 LAZY_IMPORTS = {
-    "hpaflow.models": ["torchvision", "pretrainedmodels"],  # imported by the backbone builders
+    "hpaflow.models": ["torchvision", "pretrainedmodels", "timm"],  # imported by the backbone builders
     "hpaflow.export": ["onnxscript", "onnx", "onnxruntime", "bioimageio.spec"],  # dynamo exporter; checks
 }
 # Modules that packages import only where installed (try/except ImportError): found in a closure
