@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 from .labels import LabelError, LabelTable, read_labels
+from .weights import MIN_SIDE
 
 MAX_ERRORS_SHOWN = 5
 
@@ -158,6 +159,11 @@ def check_model(config: dict, i: int, m: dict) -> None:
     size = m.get("image_size") or (config.get("tile_size") if config["tiling"] == "grid" else config["image_size"])
     if m["crop_size"] is not None and m["crop_size"] > size:
         raise ConfigError(f"{where}.crop_size: {m['crop_size']} is larger than the model's image_size {size}")
+    smallest = MIN_SIDE.get(m["backbone"], 16)
+    side = m["crop_size"] or size
+    if side < smallest:
+        key = "crop_size" if m["crop_size"] else "image_size"
+        raise ConfigError(f"{where}.{key}: {side} px is below the {smallest} px that {m['backbone']} takes")
     steps, rates = m["step_epochs"], m["step_rates"]
     if (steps is None) != (rates is None) or (steps is not None and len(steps) != len(rates)):
         raise ConfigError(

@@ -42,6 +42,12 @@ WEIGHTS: dict[str, WeightFiles] = {
 }
 
 
+# The smallest input side each backbone takes (its strides and unpadded pools leave no feature map below
+# it); others take the schema's minimum, 16 px. Checked when the config is read (config.check_model),
+# measured by tests/unit/test_models.py.
+MIN_SIDE: dict[str, int] = {"densenet121": 29, "densenet169": 29, "inception_v3": 75}
+
+
 class WeightsError(FileNotFoundError):
     pass
 
