@@ -10,10 +10,18 @@
     and label agreement at per-class thresholds fitted on the CUDA out-of-fold probabilities;
 (c) train-step images/s at 512 px for resnet18, resnet50, se_resnet50, fp32 vs bf16, real loader
     (8 workers) vs batches in memory;
-(d) predict images/s at 512 px with 8 TTA views, per backbone.
+(d) predict images/s at 512 px with 8 TTA views, per backbone;
+(e) each recipe of config/recipes/ (benchmarks/recipe_cost.py): every member's training-step images/s at its
+    train size (crop_size, else image_size) and batch_size, and its inference images/s at its validation
+    size (image_size, batch_size) and predict size (crop_size with predict.crops, else image_size;
+    predict.batch_size), in the training's precision (bf16 on CUDA, channels_last), batches in memory;
+    then the projected GPU hours of each recipe (recipe_cost.gpu_hours: training, validation each epoch,
+    prediction with its TTA views x crops) over the rows of the competition's csvs.
+    `--recipes-only` runs (e) alone; `--recipes NAME...` some of them; `--no-recipes` leaves (e) out.
 Writes results/gpu_check.json and prints a table. Needs torch, torchvision, h5py, opencv, pandas,
-numpy, tifffile (+ pretrainedmodels and six for se_resnet50); no Snakemake. Without CUDA (and
-without --device cpu) it prints one line and exits 0.
+numpy, tifffile, pretrainedmodels with munch and six (se_resnet50, se_resnext50_32x4d, xception), timm
+(timm/<name>), PyYAML and jsonschema (the schema fills the defaults of the configs of (a) and (e)); no
+Snakemake. Without CUDA (and without --device cpu) it prints one line and exits 0.
 """
 
 from __future__ import annotations
@@ -30,6 +38,17 @@ import cv2
 import h5py
 import numpy as np
 import torch
+from recipe_cost import (
+    RECIPES,
+    SCHEMA,
+    SHARED,
+    Member,
+    Recipe,
+    StepTimer,
+    dataset_rows,
+    load_recipes,
+    recipe_gpu_hours,
+)
 from train_step import step_rates
 
 # This clone's package, whatever venv runs the benchmark (a venv may serve several clones).
@@ -48,6 +67,7 @@ from hpaflow.train import TrainConfig, train  # noqa: E402
 from hpaflow.transforms import CHANNELS  # noqa: E402
 
 BACKBONES = ["resnet18", "resnet50", "se_resnet50"]
+KINDS = ("train", "validate", "predict")
 TTA = list(range(8))
 
 
@@ -69,21 +89,46 @@ def demo_shards(tmp: Path, n: int, size: int) -> tuple[list[str], str]:
     return [str(shard)], str(folds)
 
 
+def check_config(device: str, size: int, epochs: int, batch: int, views: list[int]) -> dict:
+    """The check's workflow config, validated against the schema, which fills every other key's default."""
+    from hpaflow.config import validate_config  # jsonschema: imported only where used
+
+    config = {
+        "data_root": ".",
+        "datasets": [{"name": "demo", "format": "png", "images": "images", "labels": "train.csv", "role": "train"}],
+        "image_size": size,
+        "seed": 0,
+        "device": device,
+        "models": [
+            {
+                "name": "check",
+                "backbone": "resnet18",
+                "image_size": size,
+                "color_mode": "gyb",
+                "pretrained": False,
+                "epochs": epochs,
+                "batch_size": batch,
+                "lr": 2e-3,
+                "weight_decay": 1e-4,
+                "optimizer": "adamw",
+                "scheduler": "cosine",
+                "loss": "bce",
+                "sampler": "uniform",
+                "augment": True,
+            }
+        ],
+        "predict": {"tta_views": views, "tta_combine": "mean", "batch_size": batch},
+    }
+    return validate_config(config, SCHEMA)
+
+
 def predict_file(
-    best: Path, shards: list[str], folds: str, out: Path, device: str, views: list[int], batch: int, threads: int
+    best: Path, shards: list[str], folds: str, out: Path, settings: PredictSettings
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Out-of-fold (fold 1, the one the model was validated on) probabilities and labels through
     run_predict, and its seconds."""
     t0 = time.perf_counter()
-    run_predict(
-        str(best),
-        shards,
-        [],
-        folds,
-        1,
-        str(out),
-        PredictSettings(views, "mean", "mean", save_views=False, batch_size=batch, device=device, threads=threads),
-    )
+    run_predict(str(best), shards, [], folds, 1, str(out), settings)
     seconds = time.perf_counter() - t0
     with h5py.File(out, "r") as h5:
         return h5["oof/probs"][...], h5["oof/labels"][...], seconds
@@ -94,34 +139,16 @@ def train_and_compare(
 ) -> dict:
     """(a) and (b): train on `device`, predict there and on the CPU in fp32, compare."""
     shards, folds = demo_shards(tmp, n, size)
-    cfg = TrainConfig(
-        name="check",
-        backbone="resnet18",
-        fold=1,
-        image_size=size,
-        color_mode="gyb",
-        pretrained=False,
-        pretrained_dir="pretrained",
-        epochs=epochs,
-        batch_size=batch,
-        lr=2e-3,
-        weight_decay=1e-4,
-        optimizer="adamw",
-        scheduler="cosine",
-        loss="bce",
-        sampler="uniform",
-        augment=True,
-        seed=0,
-        device=device,
-        threads=threads,
-        visdom={},
-    )
+    config = check_config(device, size, epochs, batch, views)
+    cfg = TrainConfig.from_config(config, config["models"][0], 1, threads)
     t0 = time.perf_counter()
     result = train(cfg, shards, folds, tmp / "model")
     train_s = time.perf_counter() - t0
     best = tmp / "model" / "best.pt"
-    p_dev, y, dev_s = predict_file(best, shards, folds, tmp / "dev.h5", device, views, batch, threads)
-    p_cpu, _, cpu_s = predict_file(best, shards, folds, tmp / "cpu.h5", "cpu", views, batch, threads)
+    on_device = PredictSettings.from_config(config, threads)
+    on_cpu = PredictSettings.from_config({**config, "device": "cpu"}, threads)
+    p_dev, y, dev_s = predict_file(best, shards, folds, tmp / "dev.h5", on_device)
+    p_cpu, _, cpu_s = predict_file(best, shards, folds, tmp / "cpu.h5", on_cpu)
     t = fit(y, p_dev, ThresholdSettings("per_class", 0.0, 0, True))
     agree = apply(p_dev, t, True) == apply(p_cpu, t, True)
     return {
@@ -178,7 +205,77 @@ def predict_rates(
     return rows
 
 
-def run_checks(device: torch.device, quick: bool) -> dict:
+def img_s(member: Member, size: int, batch: int, device: torch.device, train: bool, quick: bool) -> tuple[float, int]:
+    """Images/s of the member's training step (or inference batch) at `size`, and the batch it ran: the
+    configured one, halved until it fits the device's memory."""
+    dtype = autocast_dtype(device)
+    while True:
+        try:
+            timer = StepTimer(member, size, batch, device, dtype, train, warmup=1 if quick else 3)
+            seconds = timer.seconds(steps=1 if quick else (10 if train else 5), repeat=1)
+            return batch / seconds, batch
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            batch //= 2
+        finally:
+            timer = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def workloads(recipe: Recipe, m: Member) -> dict[str, tuple[int, int]]:
+    """What the member's jobs run, as (side, batch): training steps on train_size crops (or images) in
+    batch_size; validation of whole images in batch_size (hpaflow.train.validate); predict of
+    predict_size crops (or images) in predict.batch_size."""
+    return {
+        "train": (m.train_size, m.batch_size),
+        "validate": (m.image_size, m.batch_size),
+        "predict": (m.predict_size(recipe.crops), recipe.config["predict"]["batch_size"]),
+    }
+
+
+def recipe_rates(recipes: list[Recipe], device: torch.device, quick: bool) -> dict:
+    """(e): {recipe: {member: {train_img_s, validate_img_s, predict_img_s, their sides and batches}}}; what
+    two members share (network, kind, side, batch) is measured once. quick: 96 px (Inception's least side
+    is about 75), batch 2, one step."""
+    cache: dict[tuple, tuple[float, int]] = {}
+    out: dict = {}
+    for r in recipes:
+        out[r.name] = {}
+        for m in r.members:
+            row = {}
+            for kind, (size, batch) in workloads(r, m).items():
+                size, batch = (96, 2) if quick else (size, batch)
+                key = (m.arch, kind == "train", size, batch)
+                if key not in cache:
+                    cache[key] = img_s(m, size, batch, device, kind == "train", quick)
+                rate, used = cache[key]
+                row |= {f"{kind}_img_s": float(f"{rate:.4g}"), f"{kind}_size": size, f"{kind}_batch": used}
+            out[r.name][m.name] = row
+            print(json.dumps({"recipe": r.name, "member": m.name, **row}), flush=True)
+    return out
+
+
+def recipe_projection(recipes: list[Recipe], rates: dict) -> dict:
+    """{recipe: recipe_cost.recipe_gpu_hours} over the rows of ../shared's csvs (their known counts where
+    this machine lacks them)."""
+    return {r.name: recipe_gpu_hours(r, dataset_rows(r, SHARED / "hpa"), rates[r.name]) for r in recipes}
+
+
+def run_checks(device: torch.device, quick: bool, recipes: list[Recipe] | None = None, basic: bool = True) -> dict:
+    """(a)-(d) unless not `basic`, and (e) for `recipes`."""
+    out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__}
+    if basic:
+        out.update(basic_checks(device, quick))
+    if recipes:
+        out["recipe_precision"] = str(autocast_dtype(device) or "float32")
+        out["recipe_rates"] = recipe_rates(recipes, device, quick)
+        out["recipe_gpu_hours"] = recipe_projection(recipes, out["recipe_rates"])
+    return out
+
+
+def basic_checks(device: torch.device, quick: bool) -> dict:
     small = (
         dict(n=24, size=32, epochs=1, batch=8, threads=1, views=[0, 5])
         if quick
@@ -190,7 +287,7 @@ def run_checks(device: torch.device, quick: bool) -> dict:
         else dict(size=512, batch=32, steps=20, warmup=5, workers=8)
     )
     backbones = ["resnet18"] if quick else BACKBONES
-    out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__}
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
         out.update(train_and_compare(Path(tmp), device.type, **small))
     precisions = [("fp32", None), ("bf16", torch.bfloat16)] if device.type == "cuda" else [("fp32", None)]
@@ -210,9 +307,17 @@ def run_checks(device: torch.device, quick: bool) -> dict:
 
 
 def table(r: dict) -> str:
+    lines = [f"GPU check on {r['device']} (torch {r['torch']})"]
+    if "train" in r:
+        lines += basic_table(r)
+    if "recipe_rates" in r:
+        lines += recipe_table(r)
+    return "\n".join(lines)
+
+
+def basic_table(r: dict) -> list[str]:
     t, p, c = r["train"], r["predict"], r["cpu_vs_device"]
     lines = [
-        f"GPU check on {r['device']} (torch {r['torch']})",
         f"(a) train resnet18 {t['images']} img x {t['epochs']} epochs on {t['device']} ({t['precision']}): "
         f"{t['seconds']} s, {t['images_per_s_last_epoch']} img/s, best val macro F1 {t['best_val_f1']}; "
         f"predict {p['rows']} rows x {len(p['views'])} TTA views: {p['seconds_device']} s "
@@ -231,7 +336,22 @@ def table(r: dict) -> str:
         f"    {s['backbone']:<20}{s['images_per_s']:>8}{s['views_per_s']:>10}  ({s['size']} px, {s['views']} views)"
         for s in r["predict_tta"]
     ]
-    return "\n".join(lines)
+    return lines
+
+
+def recipe_table(r: dict) -> list[str]:
+    lines = [f"(e) recipes ({r['recipe_precision']}): img/s train / validate / predict (side, batch); GPU hours"]
+    for recipe, members in r["recipe_rates"].items():
+        hours = r["recipe_gpu_hours"][recipe]
+        for name, m in members.items():
+            h = hours[name]
+            lines.append(
+                f"    {recipe}/{name:<22}"
+                + " / ".join(f"{m[k + '_img_s']} ({m[k + '_size']}, {m[k + '_batch']})" for k in KINDS)
+                + f"; {h['train']} + {h['validate']} + {h['predict']} = {h['total']} h"
+            )
+        lines.append(f"    {recipe}: {hours['total']} GPU hours in all")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,12 +359,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the CPU test)")
     ap.add_argument("--out", default="results/gpu_check.json")
+    ap.add_argument("--recipes", nargs="*", help="recipes (file stems) for (e) (default: all of them)")
+    ap.add_argument("--recipe-dir", default=str(RECIPES), help="where the recipes are (default config/recipes)")
+    ap.add_argument("--no-recipes", action="store_true", help="leave out (e)")
+    ap.add_argument("--recipes-only", action="store_true", help="(e) alone")
     args = ap.parse_args(argv)
     if args.device != "cpu" and not torch.cuda.is_available():
         print(f"gpu_check: no CUDA GPU (torch {torch.__version__} sees none); nothing measured")
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    result = run_checks(pick_device(args.device), args.quick)
+    recipes = None if args.no_recipes else load_recipes(args.recipe_dir, args.recipes)
+    result = run_checks(pick_device(args.device), args.quick, recipes, basic=not args.recipes_only)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -5,7 +5,8 @@
 
 Prints a table and writes results/benchmarks.json (keys include preprocess_png_ratio,
 loader_speedup_vs_png, thresholds_100k_seconds, dryrun_fullscale_seconds, dryrun_demo_seconds,
-classify_onnx_vs_torch_cpu, duplicates_117k_seconds).
+classify_onnx_vs_torch_cpu, duplicates_117k_seconds, and each recipe's cost from recipe_cost.py:
+recipe_jobs, recipe_shard_bytes, recipe_step_ratios).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +27,8 @@ import tifffile
 
 # This clone's package, whatever venv runs the benchmark (a venv may serve several clones).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
+
+from recipe_cost import cost_table, full_scale_csvs, lay_out_weights, recipe_costs, workflow_copy  # noqa: E402
 
 from hpaflow.data import ShardDataset, ShardRows  # noqa: E402
 from hpaflow.demo import render, sample_label_sets, write_hpav18_jpeg, write_png  # noqa: E402
@@ -167,42 +169,12 @@ def bench_thresholds() -> dict:
     return out
 
 
-def full_scale_csvs(d: Path) -> None:
-    """The three real competition csvs when ../shared has them, else stand-ins with the same row counts."""
-    shared = REPO.parent / "shared" / "data" / "hpa"
-    names = ["train.csv", "sample_submission.csv", "HPAv18RBGY_wodpl.csv"]
-    if all((shared / n).exists() for n in names):
-        for n in names:
-            shutil.copy(shared / n, d / n)
-        return
-    rng = np.random.default_rng(0)
-    for name, rows, col in [
-        ("train.csv", 31072, "Target"),
-        ("sample_submission.csv", 11702, "Predicted"),
-        ("HPAv18RBGY_wodpl.csv", 74606, "Target"),
-    ]:
-        lines = [f"id{name[:3]}{i},{rng.integers(28) if col == 'Target' else 0}" for i in range(rows)]
-        (d / name).write_text(f"Id,{col}\n" + "\n".join(lines) + "\n")
-
-
-# The hub files of the full-scale config's backbones, at their sizes in bytes.
-WEIGHT_BYTES = {
-    "resnet18-5c106cde.pth": 46_827_520,
-    "resnet50-19c8e357.pth": 102_502_400,
-    "se_resnet50-ce0d4300.pth": 112_611_220,
-}
-
-
 def bench_dryrun(tmp: Path) -> dict:
     snakemake = [sys.executable, "-m", "snakemake", "-n", "--quiet", "all"]
     data = tmp / "fullscale"
     data.mkdir()
     full_scale_csvs(data)
-    demo = tmp / "demo_wf"
-    demo.mkdir()
-    for name in ["Snakefile", "rules", "workflow_scripts", "config", "envs"]:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, demo / name)
+    demo = workflow_copy(tmp / "demo_wf")
     subprocess.run(
         [sys.executable, "-m", "snakemake", "demo_data", "--cores", "1", "--quiet", "all"],
         cwd=demo,
@@ -210,17 +182,16 @@ def bench_dryrun(tmp: Path) -> dict:
         capture_output=True,
     )
     # The full-scale models are pretrained: planning hashes their weight files (sha256 decides the model),
-    # so the files are there at their real sizes (sparse: zeros, hashed like any bytes).
+    # so the files are there at their real sizes (sparse: zeros, hashed like any bytes). The seed recipe
+    # (config/recipes/seed.yaml, the full-scale default until issue 21) is planned, so that the figure
+    # compares across versions.
     weights = tmp / "pretrained"
-    weights.mkdir()
-    for name, size in WEIGHT_BYTES.items():
-        with open(weights / name, "wb") as f:
-            f.truncate(size)
+    lay_out_weights(weights, ["resnet18", "resnet50", "se_resnet50"])
     out = {}
     for label, args in [
         (
             "fullscale",
-            ["--configfile", "config/hpa_kaggle.yaml", "--config", f"data_root={data}", f"pretrained_dir={weights}"],
+            ["--configfile", "config/recipes/seed.yaml", "--config", f"data_root={data}", f"pretrained_dir={weights}"],
         ),
         ("demo", []),
     ]:
@@ -338,7 +309,11 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["preprocess", "loader", "thresholds", "dryrun", "train", "classify", "duplicates"],
+        choices=["preprocess", "loader", "thresholds", "dryrun", "train", "classify", "duplicates", "recipes"],
+    )
+    ap.add_argument("--recipes", nargs="*", help="recipes of config/recipes to cost (default: all)")
+    ap.add_argument(
+        "--recipe-scale", type=float, help="side factor of the recipes' step timings (default 0.25 quick, else 1)"
     )
     ap.add_argument("--out", default="results/benchmarks.json")
     args = ap.parse_args()
@@ -367,6 +342,8 @@ def main() -> None:
         if "classify" not in args.skip:
             res["classify"] = bench_classify(tmp, args.quick)
             res["classify_onnx_vs_torch_cpu"] = min(r["ratio"] for r in res["classify"].values())
+        if "recipes" not in args.skip:
+            res.update(recipe_costs(tmp, args.quick, args.recipes, step_scale=args.recipe_scale))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
@@ -413,6 +390,9 @@ def print_table(res: dict) -> None:
             f"  train step {r['backbone']} {r['size']} px {r['device']} {r['precision']}: "
             f"{r['in_memory_img_s']} img/s in memory, {r['loader_img_s']} with the loader"
         )
+    if res.get("recipe_jobs"):
+        print("  recipes (config/recipes; benchmarks/recipe_cost.py):")
+        print("\n".join("    " + line for line in cost_table(res).splitlines()))
 
 
 if __name__ == "__main__":
