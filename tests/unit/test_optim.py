@@ -288,3 +288,22 @@ def test_averaging_the_last_epochs_resumes_exactly_and_is_the_mean(tiny_job, tmp
             torch.testing.assert_close(w, (after[2]["model"][name] + after[3]["model"][name]) / 2, msg=name)
     moved = [n for n, w in after[3]["model"].items() if w.is_floating_point() and not w.equal(after[2]["model"][n])]
     assert len(moved) > len(after[3]["model"]) / 2  # epoch 3 changed the weights: the mean is no copy of either
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_crop_models_train_on_crops_and_validate_on_whole_images(tiny_job, tmp_path, augment):
+    """crop_size crops the training batches whether or not they are augmented; validation sees whole images."""
+    cfg = job_config(epochs=1, crop_size=16, augment=augment)
+    seen: list[tuple[bool, tuple[int, ...]]] = []
+
+    def record(module, args):
+        if type(module).__name__ == "Classifier":  # the whole model, not its parts
+            seen.append((module.training, tuple(args[0].shape[1:])))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        train(cfg, *tiny_job, tmp_path)
+    finally:
+        hook.remove()
+    assert {shape for training, shape in seen if training} == {(3, 16, 16)}
+    assert {shape for training, shape in seen if not training} == {(3, 32, 32)}

@@ -538,7 +538,9 @@ def train(cfg: TrainConfig, shard_files: list[str], folds_csv: str, out_dir: str
         device,
         workers,
     )
-    train_ds = ShardDataset(train_rows, cfg.image_size, train=cfg.augment, seed=cfg.seed, crop_size=cfg.crop_size)
+    # train=True whatever cfg.augment: random crops are drawn either way (the drawn augmentation parameters are
+    # only applied with augment, prepare_batch).
+    train_ds = ShardDataset(train_rows, cfg.image_size, train=True, seed=cfg.seed, crop_size=cfg.crop_size)
     val_dl = loader(ShardDataset(val_rows, cfg.image_size), cfg.batch_size, workers)  # whole images
     t = new_training(cfg, device)
     loss_fn = make_loss(cfg.loss, cfg.focal_gamma, cfg.class_weights, train_rows.labels)  # class weights: this fold's
