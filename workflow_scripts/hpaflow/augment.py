@@ -23,6 +23,21 @@ def dihedral_batch(x: torch.Tensor, view: int) -> torch.Tensor:
     return torch.rot90(x, view % 4, dims=(2, 3))
 
 
+def check_crops(offsets, size: int | None) -> None:
+    if (offsets is None) != (size is None):
+        raise ValueError("crop offsets and crop_size go together: give both or neither")
+
+
+def cut_crops(batch: torch.Tensor, offsets, size: int | None) -> list[torch.Tensor]:
+    """The size x size squares of a batch (B, C, H, W) at each top-left corner (y, x) of offsets
+    (predict.model_crops); offsets None: the whole batch. Predict and the exported graph cut crops here
+    (Python ints: the graph slices statically)."""
+    check_crops(offsets, size)
+    if offsets is None:
+        return [batch]
+    return [batch[:, :, y : y + size, x : x + size] for y, x in ((int(a), int(b)) for a, b in offsets)]
+
+
 def compose_batch(rgby: torch.Tensor, mode: str) -> torch.Tensor:
     """uint8 (B, 4, H, W) -> float (B, C, H, W) in [0, 1]."""
     m = torch.as_tensor(COLOR_MATRICES[mode], device=rgby.device)

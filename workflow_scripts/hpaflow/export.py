@@ -30,7 +30,7 @@ import torch
 import yaml
 from torch import nn
 
-from .augment import PER_IMAGE_EPS, compose_batch, dihedral_batch, normalize_batch
+from .augment import PER_IMAGE_EPS, check_crops, compose_batch, cut_crops, dihedral_batch, normalize_batch
 from .files import atomic_path
 from .gallery import captioned_grid, write_png
 from .io import SHARD_INTERPOLATION
@@ -114,8 +114,10 @@ class EnsembleModule(nn.Module):
         w = normalised(weights)
         members = [Member(*m) for m in members]
         for k, m in enumerate(members):
-            if (m.offsets is None) != (m.crop_size is None):
-                raise ValueError(f"member {k}: crop offsets and crop_size go together: give both or neither")
+            try:
+                check_crops(m.offsets, m.crop_size)
+            except ValueError as e:
+                raise ValueError(f"member {k}: {e}") from None
         self.models = nn.ModuleList([m.model.eval() for m in members])
         self.color_modes = [m.color_mode for m in members]
         self.normalizes = [m.normalize for m in members]
@@ -138,11 +140,8 @@ class EnsembleModule(nn.Module):
         """(M, N, 28): each member's probabilities combined over its crops x TTA views (predict's `probs`)."""
         out = []
         for model, mode, norm, crops in zip(self.models, self.color_modes, self.normalizes, self.crops):
-            if crops is None:
-                parts = [rgby]
-            else:
-                c, offsets = crops
-                parts = [rgby[:, :, y : y + c, x : x + c] for y, x in offsets]
+            size, offsets = (None, None) if crops is None else crops
+            parts = cut_crops(rgby, offsets, size)
             # Normalised per crop, as predict does (per_image statistics are the crop's).
             xs = [normalize_batch(compose_batch(part, mode), norm) for part in parts]
             # All crops x views in one batch, crop-major (predict scores them one at a time; eval-mode layers

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import h5names as h5n
-from .augment import dihedral_batch, prepare_batch
+from .augment import check_crops, cut_crops, dihedral_batch, prepare_batch
 from .data import ShardDataset, ShardRows, fold_of
 from .files import atomic_path
 from .models import build_model
@@ -46,17 +46,14 @@ def predict_probs(
     is crop c, view views[v]). offsets: the crops' top-left corners (y, x) (model_crops), each cut crop_size
     square from the batch before normalisation (per_image statistics are the crop's, as in training); None:
     the whole image, one entry per view (training's validation)."""
-    if (offsets is None) != (crop_size is None):
-        raise ValueError("crop offsets and crop_size go together: give both or neither")
+    check_crops(offsets, crop_size)  # before any batch is read
     model.eval()
     dtype = autocast_dtype(device)
     out = []
     for rgby, _, _ in dl:
-        if offsets is None:
-            crops = [rgby]
-        else:  # moved once, cut on the device
+        if offsets is not None:  # moved once, cut on the device
             rgby = rgby.to(device, non_blocking=True)
-            crops = [rgby[:, :, y : y + crop_size, x : x + crop_size] for y, x in offsets.tolist()]
+        crops = cut_crops(rgby, offsets, crop_size)
         per_view = []
         for crop in crops:
             x = prepare_batch(crop, color_mode, device, normalize=normalize)

@@ -370,6 +370,12 @@ def new_training(cfg: TrainConfig, device: torch.device) -> Training:
     return Training(model, opt, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16), dtype, [])
 
 
+def training_input(cfg: TrainConfig, rgby: torch.Tensor, params: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A training batch as the model takes it: augmented only with cfg.augment (the loader always draws
+    parameters, for the crops' sake), normalised the model's way."""
+    return prepare_batch(rgby, cfg.color_mode, device, params if cfg.augment else None, normalize=cfg.normalize)
+
+
 def train_epoch(
     t: Training,
     cfg: TrainConfig,
@@ -392,7 +398,7 @@ def train_epoch(
     t0, total_loss, seen = time.monotonic(), 0.0, 0
     t.opt.zero_grad(set_to_none=True)
     for (rgby, params, y), (weight, step) in zip(dl, plan, strict=True):
-        x = prepare_batch(rgby, cfg.color_mode, device, params if cfg.augment else None, normalize=cfg.normalize)
+        x = training_input(cfg, rgby, params, device)
         y = y.to(device, non_blocking=True)
         loss = backward(t.model, x, y, loss_fn, t.scaler, t.dtype, weight)
         if step:
@@ -428,14 +434,14 @@ def recompute_batchnorm(
         update_bn(batches, model)
 
 
-def averaging(cfg: TrainConfig, epoch: int) -> bool:
-    """Whether the weights after `epoch` (0-based) join the average (average_last > 1: the last k epochs)."""
-    return cfg.average_last > 1 and epoch >= cfg.epochs - cfg.average_last
-
-
 def averaged_epochs(cfg: TrainConfig) -> list[int]:
     """The epochs (1-based, as in metrics.csv) whose weights average_last averages."""
     return list(range(cfg.epochs - cfg.average_last + 1, cfg.epochs + 1))
+
+
+def averaging(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the weights after `epoch` (0-based) join the average (average_last > 1: the last k epochs)."""
+    return cfg.average_last > 1 and epoch + 1 in averaged_epochs(cfg)
 
 
 def average_weights(
@@ -454,10 +460,7 @@ def average_weights(
     t.average.load_into(t.model)
     train_ds.set_epoch(cfg.epochs)
     dl = loader(train_ds, cfg.batch_size, workers, train=True)
-    batches = (
-        prepare_batch(rgby, cfg.color_mode, device, params if cfg.augment else None, normalize=cfg.normalize)
-        for rgby, params, _ in dl
-    )
+    batches = (training_input(cfg, rgby, params, device) for rgby, params, _ in dl)
     recompute_batchnorm(t.model, batches, t.dtype)
     val = validate(t.model, val_dl, val_y, device, cfg.color_mode, cfg.normalize)
     epochs = averaged_epochs(cfg)
