@@ -20,6 +20,7 @@ from hpaflow.summary import (
     load_predictions,
     prior_baseline_f1,
     save_predictions,
+    score,
 )
 from hpaflow.thresholds import ThresholdSettings, apply, fit
 
@@ -521,3 +522,16 @@ def test_prediction_files_carry_their_format_and_another_is_refused(tmp_path):
         del h5.attrs["format_version"]
     with pytest.raises(FormatError, match=r"fold1\.h5: a predictions file of no format version; .* --forcerun predict"):
         assemble_model(files, str(tmp_path / "folds.csv"))
+
+
+def test_labels_per_image_are_rounded_to_four_places():
+    """1 label in 3 fields: 0.3333 true; every global threshold (grid 0.005-0.995) passes 1.0 and not 0.0, so
+    the fields predict 2, 1, 1 labels: 1.3333."""
+    probs = np.zeros((3, 28), np.float32)
+    probs[:, 0] = 1.0
+    probs[0, 1] = 1.0
+    labels = np.zeros((3, 28), np.uint8)
+    labels[0, 0] = 1
+    p = Predictions(np.array(["a", "b", "c"]), probs, labels, np.array([0, 1, 1]), np.array([]), np.zeros((0, 28)))
+    out, _ = score(p, ["global"], ThresholdSettings("global", 0.0, 0, True), labels.mean(0))
+    assert out["labels_per_image"] == {"true": 0.3333, "predicted": {"global": 1.3333}}
