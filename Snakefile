@@ -16,6 +16,7 @@ include: "rules/preprocess.smk"
 include: "rules/folds.smk"
 include: "rules/train.smk"
 include: "rules/ensemble.smk"
+include: "rules/transfer.smk"
 include: "rules/classify.smk"
 
 

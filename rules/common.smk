@@ -29,6 +29,9 @@ TEST_DATASETS = [d["name"] for d in config["datasets"] if d["role"] == "test"]
 MODELS = [m["name"] for m in config["models"]]
 FOLDS = list(range(config["n_folds"]))
 CLASSIFY = config["classify"]  # None unless fields to classify are given
+TRANSFER = config["transfer"]["enabled"]
+# With label transfer, rule transfer writes the submission and the ensemble's own is kept beside it.
+SUBMISSION_ENSEMBLE = "results/submission_ensemble.csv" if TRANSFER else "results/submission.csv"
 
 
 wildcard_constraints:
@@ -88,6 +91,11 @@ def all_indexes(wildcards):
     return indexes(DATASETS)
 
 
+def shard_indexes_by_name(wildcards):
+    """Every dataset's shard index as a named input `index:{dataset}` (hpaflow.contracts.members)."""
+    return {member_key("index", n): ancient(shard_index(n)) for n in DATASETS}
+
+
 def shard_decided(name):
     """What decides a dataset's shards (the shard rule's params): the shard keys and the dataset's own."""
     d = config["datasets"][DATASETS[name]]
@@ -141,8 +149,11 @@ def folds_settings():
 
 
 def final_outputs(wildcards):
-    """The default target: the submission only where a test dataset is configured."""
+    """The default target: the submission only where a test dataset is configured; with label transfer its
+    neighbours, figures and the ensemble's own submission too."""
     out = ["results/metrics.json", *rules.plots.output]
+    if TRANSFER:
+        out += [*rules.transfer.output, *rules.transfer_figure.output, SUBMISSION_ENSEMBLE]
     return (["results/submission.csv"] if TEST_DATASETS else []) + out
 
 
@@ -268,6 +279,18 @@ def pretrained_weights(wildcards):
         path = weights_path(m["backbone"], config["pretrained_dir"])
     except WeightsError as e:
         raise ConfigError(f"models ({m['name']}): {e}") from None
+    return {"file": path.name, "sha256": file_sha256(str(path))}
+
+
+def transfer_weights(wildcards):
+    """The embedding network's ImageNet weights (name and sha256; see pretrained_weights), or None."""
+    t = config["transfer"]
+    if not t["pretrained"]:
+        return None
+    try:
+        path = weights_path(t["backbone"], config["pretrained_dir"])
+    except WeightsError as e:
+        raise ConfigError(f"transfer: {e}") from None
     return {"file": path.name, "sha256": file_sha256(str(path))}
 
 

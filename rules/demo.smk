@@ -13,6 +13,7 @@ rule demo_data:
                 "sample_submission.csv",
                 "test_labels.csv",
                 "duplicates_truth.csv",
+                "siblings_truth.csv",
             ],
         ),
     log:

@@ -45,7 +45,7 @@ rule submission:
         ensemble="results/ensemble.h5",
         samples=test_labels_csvs,
     output:
-        "results/submission.csv",
+        SUBMISSION_ENSEMBLE,
     log:
         "logs/submission.log",
     conda:

@@ -107,7 +107,7 @@ def test_reruns_follow_consumers_and_stop_at_storage_and_steering_keys():
     assert reruns("device") == reruns("visdom") == reruns("predict.batch_size") == reruns("pretrained_dir") == []
     assert reruns("hdf5_compression") == ["shard", "shard_index", "classify_shard"]
     assert reruns("shard_size") == ["shard", "shard_index"]
-    assert reruns("thresholds.shrink") == ["ensemble", "submission", "plots", "export"]
+    assert reruns("thresholds.shrink") == ["ensemble", "submission", "plots", "export", "transfer", "transfer_figure"]
     assert reruns("models[0].epochs") == [
         "train",
         "predict",
@@ -116,7 +116,12 @@ def test_reruns_follow_consumers_and_stop_at_storage_and_steering_keys():
         "submission",
         "plots",
         "export",
+        "transfer",
+        "transfer_figure",
     ]
+    # The embedding does not depend on the classifiers, nor they on it.
+    assert reruns("transfer.margin") == ["export", "embed", "transfer", "transfer_figure"]
+    assert reruns("transfer.tau") == ["transfer", "transfer_figure"]
     assert reruns("datasets[1].bits")[:4] == ["shard", "shard_content", "shard_index", "duplicates"]
     assert "| `shard_size` | shard, shard_index |" in rerun_table()
 

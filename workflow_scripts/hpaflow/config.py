@@ -151,6 +151,31 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"models[{i}].name: {name!r} is used by models[{models.index(name)}] too")
     for i, m in enumerate(config.get("models", [])):
         check_model(config, i, m)
+    if config["transfer"]["enabled"]:
+        check_transfer(config)
+
+
+def check_transfer(config: dict) -> None:
+    """What label transfer needs (transfer.enabled): whole fields, antibodies to learn, fields to transfer to."""
+    t = config["transfer"]
+    if config["tiling"] != "none":
+        raise ConfigError(
+            f"transfer.enabled: label transfer embeds whole fields; tiling: {config['tiling']} stores tiles (set tiling: none)"
+        )
+    ds = config["datasets"]
+    if not any(d["role"] == "train" and d.get("external") and d.get("id_format") == "hpav18" for d in ds):
+        raise ConfigError(
+            "transfer.enabled: no train dataset has external: true and id_format: hpav18, so there are no antibodies "
+            "to learn and no external fields to take labels from"
+        )
+    if not any(d["role"] == "test" for d in ds):
+        raise ConfigError("transfer.enabled: no dataset has role: test, so there are no fields to transfer labels to")
+    size = t["image_size"] or config["image_size"]
+    if size > config["image_size"]:
+        raise ConfigError(f"transfer.image_size: {size} is larger than the shards' image_size {config['image_size']}")
+    smallest = MIN_SIDE.get(t["backbone"], 16)
+    if size < smallest:
+        raise ConfigError(f"transfer.image_size: {size} px is below the {smallest} px that {t['backbone']} takes")
 
 
 def check_model(config: dict, i: int, m: dict) -> None:
@@ -238,6 +263,8 @@ def _type_of(node: dict) -> str:
         return " or ".join(_type_of(alt) for alt in node["anyOf"])
     if "pattern" in node:
         return f"string `{node['pattern']}`"
+    if "const" in node:
+        return str(node["const"])
     if "enum" in node:
         return " \\| ".join("null" if v is None else str(v) for v in node["enum"])
     t = node.get("type", "object" if "properties" in node else "")
@@ -261,7 +288,8 @@ def _rows(node: dict, prefix: str, required: set[str]):
         key = f"{prefix}{name}"
         if "$ref" in sub:  # a shared shape (#/$defs/name), listed once after the table; its default here
             ref = sub["$ref"].rsplit("/", 1)[-1]
-            yield key, f"[{ref}](#{ref})", f"`{json.dumps(sub.get('default'))}`", sub.get("description", "")
+            default = f"`{json.dumps(sub['default'])}`" if "default" in sub else "required" * (name in required)
+            yield key, f"[{ref}](#{ref})", default, sub.get("description", "")
             continue
         if "default" in sub and (not isinstance(sub["default"], dict) or sub["default"]):
             default = f"`{json.dumps(sub['default'])}`"
@@ -294,7 +322,11 @@ def schema_reference(schema: dict) -> str:
         table.append((shape, f"<{name}>.", set(shape.get("required", []))))
     for node, prefix, required in table:
         if prefix:
-            lines += ["", f"### {prefix[1:-2]}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+            lines += ["", f"### {prefix[1:-2]}", ""]
+            if "properties" not in node:  # a shared value, not a mapping: its type and meaning
+                lines.append(f"{_type_of(node)}: {' '.join(node.get('description', '').split())}")
+                continue
+            lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
         for key, typ, default, desc in _rows(node, prefix, required):
             cells = [f"`{key}`", typ, default, desc.replace("|", "\\|")]
             lines.append("| " + " | ".join(cells) + " |")

@@ -37,7 +37,7 @@ class Stage:
 SHARD_DATASET_KEYS = ("name", "format", "images", "labels", "role", "bits")
 # Decide the content of every shard: a change rewrites them and reruns every reader of the shards.
 SHARD_KEYS = ("data_root", "image_size", "tiling", "tile_size")
-SHARD_READERS = ("duplicates", "folds", "train", "predict", "plots", "export")
+SHARD_READERS = ("duplicates", "folds", "train", "predict", "plots", "export", "embed", "transfer_figure")
 
 STAGES: dict[str, Stage] = {
     "download_hpav18_part": Stage(
@@ -56,7 +56,9 @@ STAGES: dict[str, Stage] = {
         decides=(*SHARD_KEYS, *(f"datasets[].{k}" for k in SHARD_DATASET_KEYS)), consumers=SHARD_READERS
     ),
     "shard_index": Stage(),
-    "duplicates": Stage(decides=("duplicates.max_distance", "duplicates.channels"), consumers=("ensemble", "plots")),
+    "duplicates": Stage(
+        decides=("duplicates.max_distance", "duplicates.channels"), consumers=("ensemble", "plots", "embed")
+    ),
     "folds": Stage(
         decides=(
             "n_folds",
@@ -103,9 +105,9 @@ STAGES: dict[str, Stage] = {
             "duplicates.channels",
             "duplicates.group_by_antibody",
         ),
-        consumers=("submission", "plots", "export"),
+        consumers=("submission", "plots", "export", "transfer"),
     ),
-    "submission": Stage(decides=("thresholds.at_least_one",)),
+    "submission": Stage(decides=("thresholds.at_least_one",), consumers=("transfer",)),
     "plots": Stage(),
     "export": Stage(
         decides=(
@@ -122,6 +124,30 @@ STAGES: dict[str, Stage] = {
             "datasets",
         ),
     ),
+    # Label transfer: the antibody embedding of every field, then each field's nearest external field.
+    "embed": Stage(
+        decides=(
+            "transfer.backbone",
+            "transfer.pretrained",
+            "transfer.image_size",
+            "transfer.embedding_size",
+            "transfer.epochs",
+            "transfer.batch_size",
+            "transfer.lr",
+            "transfer.margin",
+            "transfer.scale",
+            "transfer.holdout",
+            "seed",
+            "datasets[].name",
+            "datasets[].role",
+            "datasets[].external",
+            "datasets[].id_format",
+        ),
+        steers=("device", "pretrained_dir"),
+        consumers=("transfer", "export"),
+    ),
+    "transfer": Stage(decides=("transfer.tau",), consumers=("transfer_figure",)),
+    "transfer_figure": Stage(),
     "classify_shard": Stage(
         decides=("classify.images", "classify.format", "classify.bits", "classify.package"),
         storage=("classify.shard_size", "hdf5_compression"),

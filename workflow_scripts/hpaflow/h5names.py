@@ -16,6 +16,11 @@ the rules that read it meet here; a reader meeting another format stops with the
   with the CKPT_* keys (torch.save).
 - results/folds.csv (FOLDS_COLUMNS) and results/duplicates.csv (hpaflow.duplicates.PAIR_COLUMNS): read
   with read_folds and read_duplicates, which keep Ids as strings.
+- results/transfer/embeddings.h5, rule embed -> transfer, transfer_figure, export: one row per field of
+  every dataset: IDS, EMB_DATASETS, EMB_TEST (bool), EMB_EXTERNAL (bool), EMB_GROUP int64 (a train
+  field's antibody and near-duplicate group; -1 for test fields), EMB_TRAINED (bool: the embedding network
+  trained on it), LABELS uint8 (N, 28) (zeros for test fields), EMBEDDINGS float32 (N, D) of unit norm;
+  attributes FORMAT, EMB_RETRIEVAL (top-1 retrieval accuracy on the held-out antibodies, NaN without).
 The package of rule export carries its own format (hpaflow.package.FORMAT).
 
 Standard library only (pandas imported by the csv readers when called): the planning step imports it.
@@ -30,14 +35,21 @@ from pathlib import Path
 FORMAT = "format_version"
 SHARD_FORMAT = 2  # 2: ROW_DIGESTS
 PREDICTIONS_FORMAT = 1
+EMBEDDINGS_FORMAT = 1
 CHECKPOINT_FORMAT = 2  # 2: models are body + head (hpaflow.models.Classifier), other state-dict names
 # What rewrites each kind of file, for the error.
 RERUN = {
     "shard": "snakemake --forcerun shard (or delete results/shards/)",
     "predictions": "snakemake --forcerun predict",
     "checkpoint": "delete it and rerun its train job (snakemake --forcerun train)",
+    "embeddings": "snakemake --forcerun embed",
 }
-WANT = {"shard": SHARD_FORMAT, "predictions": PREDICTIONS_FORMAT, "checkpoint": CHECKPOINT_FORMAT}
+WANT = {
+    "shard": SHARD_FORMAT,
+    "predictions": PREDICTIONS_FORMAT,
+    "checkpoint": CHECKPOINT_FORMAT,
+    "embeddings": EMBEDDINGS_FORMAT,
+}
 
 
 class FormatError(ValueError):
@@ -101,3 +113,11 @@ SUMMARY_ARRAYS = (OOF_PROBS, LABELS, FOLDS, TEST_PROBS)
 
 THRESHOLDS = "thresholds"
 OOF_PRED_CROSS_FITTED = "oof_pred_cross_fitted"
+
+EMBEDDINGS = "embeddings"
+EMB_DATASETS = "datasets"
+EMB_TEST = "test"
+EMB_EXTERNAL = "external"
+EMB_GROUP = "group"
+EMB_TRAINED = "trained"
+EMB_RETRIEVAL = "retrieval_accuracy"

@@ -37,6 +37,7 @@ class DemoSpec:
     dup_conflicts: int
     dup_test: int
     antibody_fields: int
+    siblings: int
 
     @classmethod
     def from_config(cls, config: dict) -> DemoSpec:

@@ -1,0 +1,74 @@
+# Label transfer (config transfer.enabled): each field's nearest external field by an antibody embedding.
+# Its rules exist only when enabled, since rule transfer then writes results/submission.csv.
+if TRANSFER:
+
+    rule embed:
+        """An embedding network trained to tell antibodies apart (ArcFace), then every field embedded.
+
+        Resumable like train: results/transfer/checkpoints/ (not an output) holds the last epoch's state.
+        """
+        input:
+            unpack(shard_indexes_by_name),
+            content=contents(DATASETS),
+            duplicates="results/duplicates.csv",
+        output:
+            "results/transfer/embeddings.h5",
+        log:
+            "logs/transfer/embed.log",
+        benchmark:
+            "results/benchmarks/transfer/embed.tsv"
+        conda:
+            "../envs/torch.yaml"
+        threads: job_threads("embed")
+        resources:
+            **job_resources("embed"),
+        params:
+            weights=transfer_weights,
+            decides=decides("embed"),
+        script:
+            "../workflow_scripts/embed.py"
+
+    rule transfer:
+        """Each field's nearest external field; its labels where the similarity is at least tau."""
+        input:
+            embeddings="results/transfer/embeddings.h5",
+            ensemble="results/ensemble.h5",
+            submission=SUBMISSION_ENSEMBLE,
+        output:
+            submission="results/submission.csv",
+            neighbours="results/transfer/neighbours.csv",
+            metrics="results/transfer/metrics.json",
+        log:
+            "logs/transfer/transfer.log",
+        conda:
+            "../envs/ensemble.yaml"
+        threads: job_threads("transfer")
+        resources:
+            **job_resources("transfer"),
+        params:
+            decides=decides("transfer"),
+        script:
+            "../workflow_scripts/transfer.py"
+
+    rule transfer_figure:
+        """Test fields beside the external fields whose labels they took, with their similarities."""
+        input:
+            neighbours="results/transfer/neighbours.csv",
+            metrics="results/transfer/metrics.json",
+            shards=all_indexes,
+            content=contents(DATASETS),
+        output:
+            report(
+                "results/plots/transfer_neighbours.png",
+                caption="report/transfer.rst",
+                category="Transfer",
+            ),
+        log:
+            "logs/transfer/figure.log",
+        conda:
+            "../envs/ensemble.yaml"
+        threads: job_threads("transfer_figure")
+        resources:
+            **job_resources("transfer_figure"),
+        script:
+            "../workflow_scripts/transfer_figure.py"
