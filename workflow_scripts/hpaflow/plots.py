@@ -203,6 +203,68 @@ def duplicate_pairs(duplicates_csv: str | Path, shard_files: list[str], path: st
     _save(fig, path)
 
 
+def transfer_neighbours(
+    neighbours_csv: str | Path, metrics_json: str | Path, shard_files: list[str], path: str | Path, n: int = 8
+) -> None:
+    """Up to n test fields beside their nearest external field (those that took its labels first, by similarity,
+    then the closest that did not), and a histogram of the test and out-of-fold similarities with tau."""
+    table = pd.read_csv(neighbours_csv, dtype={"Id": str, "neighbour_id": str}, keep_default_na=False)
+    table["similarity"] = table["similarity"].astype(float)
+    tau = json.loads(Path(metrics_json).read_text())["transfer"]["tau"]
+    test = table[(table["part"] == "test") & (table["neighbour_id"] != "")]
+    took = test["replaced"].astype(str) == "True"
+    by_similarity = {"by": "similarity", "ascending": False, "kind": "stable"}
+    show = pd.concat([test[took].sort_values(**by_similarity), test[~took].sort_values(**by_similarity)]).head(n)
+    ids = [*show["Id"], *show["neighbour_id"]]
+    try:
+        images = shard_images(shard_files, ids)
+    except KeyError as e:
+        raise ValueError(f"{neighbours_csv}: Id {e.args[0]!r} is in none of the shards") from None
+    pair_rows = -(-len(show) // 2)
+    fig = plt.figure(figsize=(12, 3.2 * pair_rows + 3))
+    grid = fig.add_gridspec(pair_rows + 1, 4, height_ratios=[3.2] * pair_rows + [2.6])
+    for k, (_, r) in enumerate(show.iterrows()):
+        for side, (image_id, rgby, label) in enumerate(
+            [(r["Id"], images[k], "test"), (r["neighbour_id"], images[len(show) + k], "external")]
+        ):
+            ax = fig.add_subplot(grid[k // 2, 2 * (k % 2) + side])
+            ax.imshow(display_rgb(rgby))
+            ax.axis("off")
+            ax.set_title(f"{label}\n{image_id[:28]}", fontsize=7)
+            if side == 0:
+                replaced = str(r["replaced"]) == "True"
+                note = "took its labels" if replaced else "kept its own labels"
+                ax.text(
+                    1.05,
+                    -0.08,
+                    f"similarity {r['similarity']:.3f}: {note}",
+                    transform=ax.transAxes,
+                    ha="center",
+                    fontsize=8,
+                    color="green" if replaced else "black",
+                )
+    ax = fig.add_subplot(grid[pair_rows, :])
+    finite = table[np.isfinite(table["similarity"])]
+    # From the lowest similarity (or tau) to 1: nearest neighbours lie high, most of [-1, 1] would be empty.
+    low = np.floor(min([0.95, *finite["similarity"], *([tau] if tau is not None else [])]) * 20) / 20
+    for part, label in (("test", "test fields"), ("oof", "train fields, outside their group (out-of-fold)")):
+        sims = finite.loc[finite["part"] == part, "similarity"]
+        if len(sims):
+            ax.hist(sims, bins=50, range=(low, 1), density=True, histtype="step", lw=1.5, label=label)
+    if tau is not None:
+        ax.axvline(tau, color="red", ls="--", lw=1, label=f"tau {tau:.3f}")
+    notes = ["tau: never (no field takes its neighbour's labels)"] * (tau is None)
+    notes += ["no test field with a neighbour to show"] * (not len(show))
+    ax.set_title("; ".join(notes), fontsize=9)
+    ax.set_xlabel("cosine similarity to the nearest external field")
+    ax.set_ylabel("density")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def all_figures(
     metrics_json: str,
     ensemble_h5: str,
