@@ -588,6 +588,7 @@ DEMO = DemoSpec(
     dup_conflicts=2,
     dup_test=6,
     antibody_fields=2,
+    siblings=0,
 )
 # split -> (format, role, labels csv), as config/config.yaml lists them
 SPLITS = {

@@ -1,8 +1,10 @@
-"""The green channel: one documented spatial pattern per class (`PATTERNS`), and a whole field (`render`)."""
+"""The green channel: one documented spatial pattern per class (`PATTERNS`), an antibody's look of them (`Look`),
+and a whole field (`render`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -325,13 +327,81 @@ def _to_uint8(img: np.ndarray, rng: np.random.Generator, gain: float) -> np.ndar
     return np.clip(counts, 0, 255).astype(np.uint8)
 
 
-def render(labels: list[int], size: int, rng: np.random.Generator) -> np.ndarray:
-    """One synthetic field as uint8 (size, size, 4) in RGBY order."""
-    f = make_field(size, rng)
-    green = _blank(size)
+@dataclass(frozen=True)
+class Look:
+    """How one antibody stains: the antibody-specific look of the green plane, on any cells.
+
+    Lengths are in units of the 128 px reference scale (Field.unit), so a look is the same at any field size.
+    Fields of one antibody share its label set and its Look; each field still draws its own cells, pattern
+    positions, texture and puncta positions and noise.
+    """
+
+    gains: tuple[float, ...]  # intensity of each class's pattern (only the present classes show)
+    green_gain: float  # the green plane's overall gain (exposure / antibody titre)
+    background: float  # diffuse off-target cytoplasmic staining, relative to a pattern's peak
+    texture_amp: float  # multiplicative mottling of the stain: x (1 - amp .. 1 + amp)
+    texture_scale: float  # blur sigma of that mottling, in units
+    puncta_density: float  # granular variant: bright puncta per unit^2 of stained area (0: a smooth stain)
+    puncta_radius: float  # in units
+    puncta_level: float  # puncta brightness relative to a pattern's peak
+
+    def __post_init__(self):
+        if len(self.gains) != NUM_CLASSES:
+            raise ValueError(f"Look.gains: {len(self.gains)} gains, expected one per class ({NUM_CLASSES})")
+
+
+def draw_look(rng: np.random.Generator) -> Look:
+    """A random antibody look; always draws the same amount from rng (so what follows stays reproducible).
+
+    Ranges are kept mild: every class pattern stays at >= 0.55 of its peak and above the background, so the
+    label remains readable while the look still tells antibodies apart.
+    """
+    gains = tuple(float(g) for g in rng.uniform(0.55, 1.0, NUM_CLASSES))
+    green_gain, background, texture_amp = rng.uniform([0.6, 0.0, 0.0], [1.25, 0.12, 0.45])
+    texture_scale = float(np.exp(rng.uniform(np.log(1.5), np.log(5.0))))
+    granular, density, radius, level = rng.uniform([0.0, 0.02, 0.7, 0.3], [1.0, 0.08, 1.4, 0.6])
+    return Look(
+        gains=gains,
+        green_gain=float(green_gain),
+        background=float(background),
+        texture_amp=float(texture_amp),
+        texture_scale=texture_scale,
+        # Half the antibodies stain smoothly, half granularly.
+        puncta_density=float(density) if granular < 0.5 else 0.0,
+        puncta_radius=float(radius),
+        puncta_level=float(level),
+    )
+
+
+def _puncta(f: Field, support: np.ndarray, look: Look) -> np.ndarray:
+    """The granular variant: bright puncta on the stained area only (no new location is stained)."""
+    n = int(round(support.sum() * look.puncta_density / f.unit**2))
+    return _dots(f, f.points(support, n), look.puncta_radius * f.unit) * support * look.puncta_level
+
+
+def green_plane(f: Field, labels: list[int], look: Look) -> np.ndarray:
+    """The protein channel (float, ~0..1.5) of field f: the class patterns as the antibody's look draws them."""
+    green = _blank(f.size)
     for k in labels:
         p = PATTERNS[k](f).astype(np.float32)
-        green += p / max(float(p.max()), 1e-6) * rng.uniform(0.55, 1.0)
-    green = cv2.GaussianBlur(green, (0, 0), 0.4 * f.unit)
-    planes = [(f.red, 0.8), (green, 1.0), (f.blue, 1.0), (f.yellow, 0.8)]
-    return np.stack([_to_uint8(p, rng, g * rng.uniform(0.7, 1.1)) for p, g in planes], axis=-1)
+        green += p / max(float(p.max()), 1e-6) * look.gains[k]
+    if look.puncta_density > 0:
+        green += _puncta(f, green > 0.2, look)
+    if look.texture_amp > 0:
+        tex = _smooth_noise(f.rng, f.size, look.texture_scale * f.unit)
+        green *= 1.0 - look.texture_amp + 2.0 * look.texture_amp * tex
+    green += look.background * f.cyto()
+    return cv2.GaussianBlur(green, (0, 0), 0.4 * f.unit)
+
+
+def render(labels: list[int], size: int, rng: np.random.Generator, look: Look | None = None) -> np.ndarray:
+    """One synthetic field as uint8 (size, size, 4) in RGBY order.
+
+    look: the antibody's look of the green plane; None draws one from rng (the field is its own antibody).
+    """
+    f = make_field(size, rng)
+    look = draw_look(rng) if look is None else look
+    green = green_plane(f, labels, look)
+    planes = [(f.red, 0.8 * rng.uniform(0.7, 1.1)), (green, look.green_gain), (f.blue, rng.uniform(0.7, 1.1))]
+    planes.append((f.yellow, 0.8 * rng.uniform(0.7, 1.1)))
+    return np.stack([_to_uint8(p, rng, g) for p, g in planes], axis=-1)
