@@ -8,4 +8,5 @@ with logged(snakemake.log[0]):
         snakemake.output[0],
         snakemake.threads,
         snakemake.config["classify"]["batch_size"],  # steers only (hpaflow.contracts)
+        transfer=snakemake.params.decides["classify"]["transfer"],
     )

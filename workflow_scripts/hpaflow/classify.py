@@ -5,11 +5,18 @@ a field is decoded and resized exactly as training data were; each row is then r
 size by the function predict uses (transforms.resize), so the graph sees the very tensor predict gave the
 models. The ensemble runs with onnxruntime (a CUDA provider where the installed onnxruntime has one, else
 the CPU); no torch here.
+
+Label transfer (config classify.transfer, when the package holds it: Package.transfer): every field is also
+embedded (embedding.onnx, the row resized to its own input size), matched to its most similar reference field
+(transfer.nearest), and takes that field's labels where the similarity is at least the package's tau
+(transfer.transferred), as rule transfer does for the test fields. The probability columns stay the ensemble's.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -21,14 +28,16 @@ from . import h5names as h5n
 from .files import atomic_path
 from .gallery import captioned_grid, shard_images, write_png
 from .labels import decode
-from .package import Package, PackageError
+from .package import TRANSFER_JSON, Package, PackageError, Transfer
 from .progress import Progress
 from .thresholds import apply
+from .transfer import nearest, transferred
 from .transforms import resize
 
 log = logging.getLogger("hpaflow")
 GALLERY_FIELDS = 24  # fields shown in gallery.png (the first, in Id order)
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+TRANSFER_COLUMNS = ("neighbour_id", "similarity", "transferred")
 
 
 def session(onnx: str | bytes, threads: int) -> ort.InferenceSession:
@@ -55,29 +64,44 @@ def model_input(rows: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack([resize(row, size) for row in rows]).transpose(0, 3, 1, 2))
 
 
-def predict_probs(
-    sess: ort.InferenceSession, shards: list[str], shard_size: int, size: int, batch_size: int
-) -> tuple[list[str], np.ndarray]:
-    """Ids and (N, C) probabilities of every row of the shards (shard_size px), in shard order; the graph
-    takes size px."""
-    name = sess.get_inputs()[0].name
+def shard_batches(shards: list[str], shard_size: int, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(Ids, uint8 (n, S, S, 4) rows) of every shard in order, batch_size rows at a time; each shard checked."""
+    for f in shards:
+        with h5py.File(f, "r") as h5:
+            check_shard(f, h5, shard_size)
+            ids, images = h5[h5n.IDS].asstr(), h5[h5n.IMAGES]
+            for start in range(0, len(images), batch_size):
+                yield list(ids[start : start + batch_size]), images[start : start + batch_size]
+
+
+def run_graphs(
+    graphs: list[tuple[ort.InferenceSession, int]], shards: list[str], shard_size: int, batch_size: int
+) -> tuple[list[str], list[np.ndarray]]:
+    """Ids and each graph's output on every row of the shards (shard_size px), in shard order, one pass over
+    the shards; a graph (session, size) takes rows resized to size px."""
     n = 0
     for f in shards:
         with h5py.File(f, "r") as h5:
             n += len(h5[h5n.IDS])
     progress = Progress(n, "classify", "images", log=log)
-    ids, probs = [], []
-    for f in shards:
-        with h5py.File(f, "r") as h5:
-            check_shard(f, h5, shard_size)
-            ids += list(h5[h5n.IDS].asstr()[...])
-            images = h5[h5n.IMAGES]
-            for start in range(0, len(images), batch_size):
-                x = model_input(images[start : start + batch_size], size)
-                (p,) = sess.run(None, {name: x})
-                probs.append(p)
-                progress.update(len(x))
-    return ids, np.concatenate(probs)
+    ids: list[str] = []
+    out: list[list[np.ndarray]] = [[] for _ in graphs]
+    for batch_ids, rows in shard_batches(shards, shard_size, batch_size):
+        ids += batch_ids
+        for (sess, size), parts in zip(graphs, out):
+            (y,) = sess.run(None, {sess.get_inputs()[0].name: model_input(rows, size)})
+            parts.append(y)
+        progress.update(len(rows))
+    return ids, [np.concatenate(parts) for parts in out]
+
+
+def predict_probs(
+    sess: ort.InferenceSession, shards: list[str], shard_size: int, size: int, batch_size: int
+) -> tuple[list[str], np.ndarray]:
+    """Ids and (N, C) probabilities of every row of the shards (shard_size px), in shard order; the graph
+    takes size px."""
+    ids, (probs,) = run_graphs([(sess, size)], shards, shard_size, batch_size)
+    return ids, probs
 
 
 def predictions_table(ids: list[str], probs: np.ndarray, pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -88,32 +112,80 @@ def predictions_table(ids: list[str], probs: np.ndarray, pred: np.ndarray, class
     return pd.concat([table, pd.DataFrame(probs, columns=classes)], axis=1)
 
 
-def run_classify(shards: list[str], package_path: str | Path, out_csv: str | Path, threads: int, batch_size: int):
-    """Check the package, score every shard row, apply the package's thresholds, write predictions.csv."""
+def transfer_labels(pred: np.ndarray, embeddings: np.ndarray, t: Transfer) -> tuple[np.ndarray, pd.DataFrame]:
+    """(labels (N, C) bool, the transfer columns): each field's nearest reference (cosine similarity), whose labels
+    replace pred where the similarity is at least tau (never when tau is None)."""
+    index, similarity = nearest(embeddings, t.embeddings)
+    labels, replaced = transferred(pred, t.labels[index], similarity, math.inf if t.tau is None else t.tau)
+    columns = pd.DataFrame(
+        {"neighbour_id": t.ids[index], "similarity": similarity.astype(np.float64), "transferred": replaced}
+    )
+    return labels, columns
+
+
+def run_classify(
+    shards: list[str],
+    package_path: str | Path,
+    out_csv: str | Path,
+    threads: int,
+    batch_size: int,
+    transfer: bool = True,
+) -> pd.DataFrame:
+    """Check the package, score every shard row, apply the package's thresholds, write predictions.csv.
+    transfer (config classify.transfer): with a package that holds label transfer, replace the labels of the
+    fields close enough to a reference by its labels (columns neighbour_id, similarity, transferred added)."""
     package = Package(package_path)
     package.verify()
     (shard_size, size), classes = package.sizes(), package.classes()
     thresholds, at_least_one = package.thresholds()
-    sess = session(package.onnx_source(), threads)
+    t = package.transfer() if transfer else None  # read (and checked) only when used
+    if not transfer and TRANSFER_JSON in package.files:
+        log.info("classify.transfer is false: the ensemble's labels only; the package's label transfer is not used")
+    elif t is None and transfer:
+        log.info("package %s holds no label transfer (exported without transfer.enabled): ensemble only", package_path)
+    graphs = [(session(package.onnx_source(), threads), size)]
+    if t is not None:
+        graphs.append((session(t.onnx, threads), t.image_size))
+        log.info(
+            "label transfer: %d references, embeddings of %d at %d px, tau %s",
+            len(t.ids),
+            t.embedding_size,
+            t.image_size,
+            "null (never)" if t.tau is None else f"{t.tau:.6f}",
+        )
     log.info(
         "package %s: fields sharded at %d px, resized to %d px; %d classes, providers %s",
         package_path,
         shard_size,
         size,
         len(classes),
-        sess.get_providers(),
+        graphs[0][0].get_providers(),
     )
-    ids, probs = predict_probs(sess, shards, shard_size, size, batch_size)
+    ids, outputs = run_graphs(graphs, shards, shard_size, batch_size)
+    probs = outputs[0]
     if probs.shape[1] != len(classes):
         raise PackageError(
             f"package {package_path}: ensemble.onnx gives {probs.shape[1]} outputs for {len(classes)} classes"
         )
-    table = predictions_table(ids, probs, apply(probs, thresholds, at_least_one), classes)
+    pred = apply(probs, thresholds, at_least_one)
+    if t is not None:
+        if outputs[1].shape[1] != t.embedding_size:
+            raise PackageError(
+                f"package {package_path}: embedding.onnx gives {outputs[1].shape[1]} values, transfer.json says "
+                f"embedding_size {t.embedding_size}"
+            )
+        pred, columns = transfer_labels(pred, outputs[1], t)
+    table = predictions_table(ids, probs, pred, classes)
+    if t is not None:
+        table = pd.concat([table, columns], axis=1)
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6f")
     none = int((~(probs > thresholds).any(1)).sum())
     rule = "given their most probable class (at_least_one)" if at_least_one else "left without a label"
     log.info("%d fields classified; %d with no class above its threshold, %s", len(ids), none, rule)
+    if t is not None:
+        n = int(columns.transferred.sum())
+        log.info("label transfer: %d of %d fields took their nearest reference's labels", n, len(ids))
     return table
 
 

@@ -12,6 +12,10 @@ are combined, which a graph scoring rows independently cannot do (the two orders
 are mean, or both max).
 The graph is float32 throughout: it matches predict on the CPU; predict on CUDA runs under autocast
 (bf16/fp16), so its probabilities differ from the graph's by that precision.
+
+With label transfer (config transfer.enabled), the package also holds what classify needs to transfer labels:
+`EmbeddingModule` (the embed job's network as it embeds a field: uint8 RGBY in, unit embedding out) as
+embedding.onnx, the external train fields' embeddings and labels (references.npz) and tau (transfer.json).
 """
 
 from __future__ import annotations
@@ -27,18 +31,22 @@ import cv2
 import h5py
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from .augment import PER_IMAGE_EPS, check_crops, compose_batch, cut_crops, dihedral_batch, normalize_batch
+from . import h5names as h5n
+from .augment import NORMALIZERS, PER_IMAGE_EPS, check_crops, compose_batch, cut_crops, dihedral_batch, normalize_batch
 from .files import atomic_path
 from .gallery import captioned_grid, write_png
 from .io import SHARD_INTERPOLATION
-from .labels import CLASS_NAMES
+from .labels import CLASS_NAMES, NUM_CLASSES
 from .layout import COLORS, JPEG_PLANES
-from .package import sha256_of, write_manifest
+from .models import build_model
+from .package import EMBEDDING_ONNX, REFERENCES, TRANSFER_FILES, TRANSFER_JSON, positive_int, sha256_of, write_manifest
 from .predict import REDUCERS, load_checkpoint, load_model, model_crops
-from .transforms import interpolation
+from .transfer import read_embeddings
+from .transforms import CHANNELS, interpolation
 
 OPSET = 18
 BIOIMAGEIO_FORMAT = "0.5.4"
@@ -196,8 +204,161 @@ class EnsembleModule(nn.Module):
         return module
 
 
-def export_onnx(module: nn.Module, size: int, path: str | Path, opset: int = OPSET) -> None:
-    """Write `module` as ONNX: input `rgby` uint8 (batch, 4, size, size), output `probs` (batch, 28),
+# --- label transfer: the embedding network, the references, tau ----------------------------------------------
+
+EMBED_SETTINGS = ("backbone", "embedding_size", "image_size", "color_mode", "normalize")
+RERUN_EMBED = "snakemake --forcerun embed"
+
+
+class EmbeddingModule(nn.Module):
+    """uint8 (N, 4, M, M) RGBY -> float32 (N, D) unit embeddings, as the embed job embeds a field (embed.embed_rows):
+    colour composition and normalisation without augmentation (augment.prepare_batch's steps), the network, then
+    L2 normalisation. M = image_size, the network's input side (shard rows are resized to it: transforms.resize)."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        image_size: int,
+        embedding_size: int,
+        color_mode: str = "rgby",
+        normalize: str = "imagenet",
+    ):
+        super().__init__()
+        if normalize not in NORMALIZERS:
+            raise ValueError(f"unknown normalize {normalize!r} (one of {', '.join(NORMALIZERS)})")
+        self.net = net.eval()
+        self.image_size, self.embedding_size = int(image_size), int(embedding_size)
+        self.color_mode, self.normalize = color_mode, normalize
+
+    def forward(self, rgby: torch.Tensor) -> torch.Tensor:
+        x = normalize_batch(compose_batch(rgby, self.color_mode), self.normalize)
+        return F.normalize(self.net(x).float(), dim=1)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> EmbeddingModule:
+        """The network of results/transfer/embed.pt (rule embed): rebuilt from its settings, weights loaded."""
+        state, settings = read_embed_model(path)
+        net = build_model(
+            settings["backbone"],
+            CHANNELS[settings["color_mode"]],
+            pretrained=False,
+            num_classes=settings["embedding_size"],
+            head="linear",
+        )
+        try:
+            net.load_state_dict(state[h5n.CKPT_MODEL])
+        except RuntimeError as e:
+            raise ExportError(
+                f"{path}: the weights do not fit a {settings['backbone']} network ({e}): {RERUN_EMBED}"
+            ) from None
+        s = settings
+        return cls(net, s["image_size"], s["embedding_size"], s["color_mode"], s["normalize"])
+
+
+def read_embed_model(path: str | Path) -> tuple[dict, dict]:
+    """(state, settings) of embed.pt, checked: its format, a state_dict, and the settings the network is built from."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a truncated or foreign file
+        raise ExportError(
+            f"{path}: cannot be read as the embedding network ({type(e).__name__}: {e}): {RERUN_EMBED}"
+        ) from None
+    if not isinstance(state, dict) or state.get(h5n.FORMAT) != h5n.CHECKPOINT_FORMAT:
+        got = state.get(h5n.FORMAT) if isinstance(state, dict) else None
+        raise ExportError(f"{path}: format {got!r}, expected {h5n.CHECKPOINT_FORMAT}: {RERUN_EMBED}")
+    settings = state.get("settings")
+    if not isinstance(settings, dict) or not isinstance(state.get(h5n.CKPT_MODEL), dict):
+        raise ExportError(f"{path}: no `{h5n.CKPT_MODEL}` state_dict or `settings`: {RERUN_EMBED}")
+    if missing := [k for k in EMBED_SETTINGS if k not in settings]:
+        raise ExportError(f"{path}: settings lack {', '.join(missing)}: {RERUN_EMBED}")
+    bad = [k for k in ("embedding_size", "image_size") if not positive_int(settings[k])]
+    bad += [] if settings["color_mode"] in CHANNELS else ["color_mode"]
+    bad += [] if settings["normalize"] in NORMALIZERS else ["normalize"]
+    if bad:
+        raise ExportError(f"{path}: settings {', '.join(f'{k} {settings[k]!r}' for k in bad)} invalid: {RERUN_EMBED}")
+    return state, settings
+
+
+@dataclass(frozen=True)
+class References:
+    """The fields whose labels classify can take: the external train fields of embeddings.h5."""
+
+    ids: np.ndarray  # str (R,)
+    labels: np.ndarray  # uint8 (R, 28)
+    embeddings: np.ndarray  # float32 (R, D), unit rows
+
+
+def read_references(embeddings_h5: str | Path) -> tuple[References, float | None]:
+    """The references (external, not test, rows of embeddings.h5: those rule transfer matches test fields against)
+    and the held-out retrieval accuracy (None when nothing was held out)."""
+    emb = read_embeddings(embeddings_h5)
+    rows = np.flatnonzero(emb.external & ~emb.test)
+    if not len(rows):
+        raise ExportError(f"{embeddings_h5}: no external train field to take labels from (datasets[].external)")
+    refs = References(
+        np.array(emb.ids[rows].tolist(), dtype=str),
+        emb.labels[rows].astype(np.uint8),
+        np.ascontiguousarray(emb.vectors[rows], np.float32),
+    )
+    return refs, None if np.isnan(emb.retrieval) else float(emb.retrieval)
+
+
+def read_tau(metrics_json: str | Path) -> float | None:
+    """tau of results/transfer/metrics.json (rule transfer): a similarity in [-1, 1], or None (never transfer)."""
+    try:
+        tau = json.loads(Path(metrics_json).read_text())["transfer"]["tau"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ExportError(f"{metrics_json}: no transfer.tau ({type(e).__name__}: {e}): rerun transfer") from None
+    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, int | float) or not -1 <= tau <= 1):
+        raise ExportError(f"{metrics_json}: transfer.tau {tau!r} is neither null nor a similarity in [-1, 1]")
+    return None if tau is None else float(tau)
+
+
+@dataclass(frozen=True)
+class TransferExport:
+    """What the package's label transfer is made of (rule export's inputs embed_model, embeddings, transfer_metrics)."""
+
+    module: EmbeddingModule
+    references: References
+    tau: float | None  # None: never transfer
+    retrieval_accuracy: float | None  # held-out top-1 retrieval of the embedding (None: nothing held out)
+
+    @classmethod
+    def load(cls, embed_model: str | Path, embeddings_h5: str | Path, metrics_json: str | Path) -> TransferExport:
+        module = EmbeddingModule.from_checkpoint(embed_model)
+        refs, retrieval = read_references(embeddings_h5)
+        if refs.embeddings.shape[1] != module.embedding_size:
+            raise ExportError(
+                f"{embeddings_h5}: embeddings of {refs.embeddings.shape[1]} dimensions, {embed_model} makes "
+                f"{module.embedding_size}: not from the same embed job ({RERUN_EMBED})"
+            )
+        return cls(module, refs, read_tau(metrics_json), retrieval)
+
+    def describe(self, shard_size: int) -> dict:
+        """transfer.json: tau, the embedding graph's input and output, and how classify uses them."""
+        m = self.module
+        return {
+            "tau": self.tau,
+            "image_size": m.image_size,
+            "embedding_size": m.embedding_size,
+            "retrieval_accuracy": self.retrieval_accuracy,
+            "references": len(self.references.ids),
+            "input": {"name": "rgby", "dtype": "uint8", "shape": ["batch", 4, m.image_size, m.image_size]},
+            "output": {"name": "embedding", "dtype": "float32", "shape": ["batch", m.embedding_size], "norm": 1},
+            "resize": {
+                "shard_size": shard_size,
+                "size": m.image_size,
+                "interpolation": cv2_name(interpolation(shard_size, m.image_size)),
+            },
+            "inside_the_graph": f"x / 255, colour composition {m.color_mode}, normalisation {m.normalize}, the "
+            "network, L2 normalisation",
+            "rule": "a field takes the labels of its most similar reference (cosine similarity of embeddings, "
+            "references.npz) when that similarity is at least tau; tau null: never",
+        }
+
+
+def export_onnx(module: nn.Module, size: int, path: str | Path, opset: int = OPSET, output_name: str = "probs") -> None:
+    """Write `module` as ONNX: input `rgby` uint8 (batch, 4, size, size), output `output_name` (batch, ...),
     batch dynamic, weights inside the one file (past ~1.5 GB of weights torch writes them to `path`.data).
 
     The dynamo exporter (torch.export + onnxscript, pinned) exports the whole ensemble, torch.rot90 of
@@ -215,7 +376,7 @@ def export_onnx(module: nn.Module, size: int, path: str | Path, opset: int = OPS
             optimize=True,
             verbose=False,
             input_names=["rgby"],
-            output_names=["probs"],
+            output_names=[output_name],
             opset_version=opset,
         )
 
@@ -329,8 +490,42 @@ def preprocessing(size: int, datasets: list[dict], shard_size: int, members: lis
     return out
 
 
-def package_readme(metrics: dict, models: list[str], n_folds: int, size: int, views: list[int], crops: str = "") -> str:
-    """crops: how members score crops (crops_phrase), empty when none does."""
+def transfer_readme(t: dict) -> str:
+    """The README's section on label transfer, from transfer.json's content."""
+    tau = "null: never (transfer did not raise the out-of-fold F1)" if t["tau"] is None else f"{t['tau']:.6f}"
+    retrieval = t["retrieval_accuracy"]
+    retrieval = "not measured (no antibody held out)" if retrieval is None else f"{retrieval:.4f}"
+    return f"""
+## Label transfer
+
+Included: a field can take the labels of the most similar of {t["references"]} labelled external fields
+(HPAv18), found by an antibody embedding (an ArcFace network trained to tell antibodies apart).
+
+- embedding.onnx: uint8 RGBY (batch, 4, {t["image_size"]}, {t["image_size"]}) -> unit embedding (batch,
+  {t["embedding_size"]}); a shard row is resized to {t["image_size"]} px as for ensemble.onnx (transfer.json `resize`).
+- references.npz: the external fields' `ids`, `labels` (uint8, one column per class of classes.json) and
+  `embeddings` (float32, unit rows).
+- transfer.json: tau = {tau}; held-out top-1 retrieval accuracy of the embedding {retrieval}.
+
+`snakemake classify` (config classify.transfer: true, the default) embeds every field, finds its nearest
+reference by cosine similarity and, where that similarity is at least tau, replaces the ensemble's labels by
+the reference's. predictions.csv then has three more columns: neighbour_id, similarity and transferred (true
+where the labels were replaced); the probability columns stay the ensemble's. With classify.transfer: false
+the labels are the ensemble's alone.
+"""
+
+
+def package_readme(
+    metrics: dict,
+    models: list[str],
+    n_folds: int,
+    size: int,
+    views: list[int],
+    crops: str = "",
+    transfer: dict | None = None,
+) -> str:
+    """crops: how members score crops (crops_phrase), empty when none does; transfer: transfer.json's content
+    when the package holds label transfer."""
     e = metrics["ensemble"]
     return f"""# HPA protein-localisation classifier
 
@@ -358,7 +553,7 @@ augmentation views{crops}. It predicts which of 28 subcellular locations (classe
 Research on fields imaged like the Human Protein Atlas (confocal, 4 channels, the same stains). It has
 not been validated on other microscopes, stains or cell lines: check it on labelled fields of your own
 before relying on it.
-"""
+""" + (transfer_readme(transfer) if transfer is not None else "")
 
 
 def crops_phrase(module: EnsembleModule, settings: ExportSettings) -> str:
@@ -416,7 +611,7 @@ def bioimageio_rdf(size: int, settings: ExportSettings, metrics: dict, sha: dict
             }
         ],
         "weights": {"onnx": {"source": "ensemble.onnx", "sha256": sha["ensemble.onnx"], "opset_version": OPSET}},
-        "attachments": [{"source": n, "sha256": sha[n]} for n in TEXT_FILES],
+        "attachments": [{"source": n, "sha256": sha[n]} for n in (*TEXT_FILES, *TRANSFER_FILES) if n in sha],
     }
 
 
@@ -482,28 +677,37 @@ def write_package(
     max_diff: float = 1e-4,
     *,
     shard_size: int,
+    transfer: TransferExport | None = None,
+    transfer_sample: np.ndarray | None = None,
 ) -> float:
     """Write the package folder (files written under temporary names, then moved in; manifest.json last);
     returns the ONNX vs PyTorch max abs difference on `sample` (model inputs made from real shard rows,
     uint8 (N, 4, size, size)), which must be at most max_diff. The first TEST_ROWS rows become the
     bioimage.io test tensors. shard_size: the side S of the shard rows the sample was resized from.
+    transfer: label transfer to include (write_transfer), its graph checked on transfer_sample (the same
+    shard rows resized to the embedding's input size); None: a package without it.
 
     The bioimage.io description is validated first (nothing written when it fails: a licence that is no SPDX
     id), and again with its files before rdf.yaml and manifest.json are written."""
-    sha = dict.fromkeys(("ensemble.onnx", "test_input.npy", "test_output.npy", *TEXT_FILES), UNWRITTEN)
+    names = ("ensemble.onnx", "test_input.npy", "test_output.npy", *TEXT_FILES)
+    sha = dict.fromkeys((*names, *(TRANSFER_FILES if transfer is not None else ())), UNWRITTEN)
     out = Path(out_dir)
     try:
         check_rdf(bioimageio_rdf(size, settings, metrics, sha))
     except ExportError as e:
         raise ExportError(f"{out}: no package written: {e}") from None
-    if sample.shape[1:] != (4, size, size) or sample.dtype != np.uint8:
-        raise ValueError(f"sample: expected uint8 (N, 4, {size}, {size}) inputs, got {sample.dtype} {sample.shape}")
+    check_sample("sample", sample, size)
+    if transfer is not None:
+        check_sample("transfer_sample", transfer_sample, transfer.module.image_size)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "ensemble.onnx") as tmp:
         export_onnx(module, size, tmp)
         diff = check_onnx(tmp, module, sample)
         if diff > max_diff:
             raise ValueError(f"ONNX and PyTorch differ by {diff:.2e} on {len(sample)} shard rows (> {max_diff})")
+    described = None
+    if transfer is not None:
+        described = write_transfer(out, transfer, transfer_sample, shard_size, max_diff)
     texts = {
         "thresholds.json": {
             "method": metrics["ensemble"]["final_method"],
@@ -517,7 +721,10 @@ def write_package(
         with atomic_path(out / name) as tmp:
             tmp.write_text(json.dumps(value, indent=1) + "\n")
     with atomic_path(out / "README.md") as tmp:
-        tmp.write_text(package_readme(metrics, models, n_folds, size, settings.views, crops_phrase(module, settings)))
+        text = package_readme(
+            metrics, models, n_folds, size, settings.views, crops_phrase(module, settings), transfer=described
+        )
+        tmp.write_text(text)
     # bioimage.io: test tensors (real rows and the PyTorch ensemble's output), cover, description.
     rows = np.ascontiguousarray(sample[:TEST_ROWS])
     with torch.no_grad():
@@ -538,6 +745,45 @@ def write_package(
         tmp.write_text(yaml.safe_dump(rdf, sort_keys=False, width=120))
     write_manifest(out)
     return diff
+
+
+def check_sample(name: str, sample: np.ndarray | None, size: int) -> None:
+    """A graph's check rows: uint8 (N, 4, size, size), N >= 1."""
+    if sample is None or sample.ndim != 4 or sample.shape[1:] != (4, size, size) or sample.dtype != np.uint8:
+        got = "None" if sample is None else f"{sample.dtype} {sample.shape}"
+        raise ValueError(f"{name}: expected uint8 (N, 4, {size}, {size}) inputs, got {got}")
+    if not len(sample):
+        raise ValueError(f"{name}: no rows to check the graph on")
+
+
+def write_transfer(
+    out: Path, transfer: TransferExport, sample: np.ndarray, shard_size: int, max_diff: float = 1e-4
+) -> dict:
+    """embedding.onnx (checked against the PyTorch module on `sample`), references.npz and transfer.json in the
+    package folder `out`; returns transfer.json's content (with the check's difference logged by the caller)."""
+    m = transfer.module
+    with atomic_path(out / EMBEDDING_ONNX) as tmp:
+        export_onnx(m, m.image_size, tmp, output_name="embedding")
+        diff = check_onnx(tmp, m, sample)
+        if diff > max_diff:
+            raise ValueError(f"embedding ONNX and PyTorch differ by {diff:.2e} on {len(sample)} rows (> {max_diff})")
+    refs = transfer.references
+    if refs.labels.shape != (len(refs.ids), NUM_CLASSES) or refs.embeddings.shape != (len(refs.ids), m.embedding_size):
+        raise ValueError(
+            f"references: {len(refs.ids)} ids, labels {refs.labels.shape}, embeddings {refs.embeddings.shape}; "
+            f"expected (R, {NUM_CLASSES}) and (R, {m.embedding_size})"
+        )
+    with atomic_path(out / REFERENCES) as tmp, tmp.open("wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(
+            f,
+            ids=np.asarray(refs.ids, dtype=str),
+            labels=refs.labels.astype(np.uint8),
+            embeddings=refs.embeddings.astype(np.float32),
+        )
+    described = {**transfer.describe(shard_size), "onnx_max_abs_difference": diff}
+    with atomic_path(out / TRANSFER_JSON) as tmp:
+        tmp.write_text(json.dumps(described, indent=1) + "\n")
+    return described
 
 
 def zip_package(folder: str | Path, zip_path: str | Path) -> None:

@@ -7,6 +7,11 @@ A package is the folder `snakemake export` writes (results/export/hpa_classifier
   preprocessing.json  channel files, uint16 rule, and the two resizes: sources -> `resize.shard_size` px as the
                       shard step does it, then each row -> `resize.size` = S px (the graph's input) as predict does
   README.md, and the bioimage.io model description: rdf.yaml, test_input.npy, test_output.npy, cover.png
+  with label transfer (optional; Package.transfer):
+  embedding.onnx      uint8 RGBY (N, 4, M, M) -> unit embeddings (N, D)
+  references.npz      the labelled fields a field can take labels from: ids (R,) str, labels uint8 (R, 28),
+                      embeddings float32 (R, D)
+  transfer.json       {"tau": similarity or null (never), "image_size": M, "embedding_size": D, "references": R, ...}
   manifest.json       {"format": FORMAT, "files": {name: {"sha256", "bytes"}}} of every file above
 `snakemake classify` checks every file against the manifest before it predicts anything, so a
 package damaged in a copy (or edited by hand) is refused with the file named.
@@ -15,11 +20,13 @@ package damaged in a copy (or edited by hand) is refused with the file named.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +37,8 @@ from .files import atomic_path
 MANIFEST = "manifest.json"
 FORMAT = "hpa_classifier/1"
 REQUIRED = ("ensemble.onnx", "thresholds.json", "classes.json", "preprocessing.json")
+EMBEDDING_ONNX, REFERENCES, TRANSFER_JSON = "embedding.onnx", "references.npz", "transfer.json"
+TRANSFER_FILES = (EMBEDDING_ONNX, REFERENCES, TRANSFER_JSON)
 CHUNK = 1 << 20
 # What reading a damaged zip member raises: a failed CRC, a broken deflate stream, a cut file.
 DAMAGED = (zipfile.BadZipFile, zlib.error, OSError, EOFError)
@@ -61,6 +70,23 @@ def write_manifest(folder: str | Path) -> dict:
     with atomic_path(folder / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A package's label transfer, as classify uses it."""
+
+    onnx: str | bytes  # embedding.onnx, what onnxruntime opens (Package.onnx_source)
+    tau: float | None  # a field takes its nearest reference's labels at a similarity >= tau; None: never
+    image_size: int  # embedding.onnx's input side
+    embedding_size: int
+    ids: np.ndarray  # str (R,): the references
+    labels: np.ndarray  # uint8 (R, C)
+    embeddings: np.ndarray  # float32 (R, D), unit rows
+
+
+def positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 class Package:
@@ -169,6 +195,58 @@ class Package:
             )
         return values, bool(t["at_least_one"])
 
-    def onnx_source(self) -> str | bytes:
+    def onnx_source(self, name: str = "ensemble.onnx") -> str | bytes:
         """What onnxruntime opens: the file's path in a folder, its bytes in a zip."""
-        return str(self.path / "ensemble.onnx") if self._zip is None else self.read("ensemble.onnx")
+        return str(self.path / name) if self._zip is None else self.read(name)
+
+    def transfer(self) -> Transfer | None:
+        """The package's label transfer, its files checked against the manifest; None when it has none
+        (no transfer.json: exported without transfer.enabled)."""
+        if TRANSFER_JSON not in self.files:
+            return None
+        if missing := [n for n in TRANSFER_FILES if n not in self.files]:
+            raise PackageError(
+                f"package {self.path}: {MANIFEST} lists {TRANSFER_JSON} but not {', '.join(missing)}: "
+                "incomplete label transfer; re-export the package"
+            )
+        self.verify(list(TRANSFER_FILES))
+        t = json.loads(self.read(TRANSFER_JSON))
+        tau = t.get("tau") if isinstance(t, dict) else None
+        bad_tau = tau is not None and (isinstance(tau, bool) or not isinstance(tau, int | float) or not -1 <= tau <= 1)
+        sizes = isinstance(t, dict) and all(positive_int(t.get(k)) for k in ("image_size", "embedding_size"))
+        if not isinstance(t, dict) or bad_tau or not sizes:
+            raise PackageError(
+                f"package {self.path}: {TRANSFER_JSON} needs tau (a similarity in [-1, 1] or null) and positive "
+                f"integers image_size and embedding_size; got {t!r:.200}"
+            )
+        ids, labels, embeddings = self._references(t["embedding_size"])
+        return Transfer(
+            self.onnx_source(EMBEDDING_ONNX),
+            None if tau is None else float(tau),
+            t["image_size"],
+            t["embedding_size"],
+            ids,
+            labels,
+            embeddings,
+        )
+
+    def _references(self, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, labels, embeddings) of references.npz, checked: one row per id, a label column per class,
+        `dim` finite values per embedding."""
+        where = f"package {self.path}: {REFERENCES}"
+        try:
+            with np.load(io.BytesIO(self.read(REFERENCES)), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("ids", "labels", "embeddings")}
+        except KeyError as e:
+            raise PackageError(f"{where} has no array {e}") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise PackageError(f"{where} cannot be read as a numpy .npz file ({e})") from None
+        ids, labels, emb = arrays["ids"], arrays["labels"], arrays["embeddings"]
+        r, c = len(ids), len(self.classes())
+        if ids.ndim != 1 or ids.dtype.kind != "U" or r == 0:
+            raise PackageError(f"{where}: ids must be a non-empty 1-d array of strings, got {ids.dtype} {ids.shape}")
+        if labels.dtype != np.uint8 or labels.shape != (r, c) or labels.max() > 1:
+            raise PackageError(f"{where}: labels must be 0/1 uint8 ({r}, {c}), got {labels.dtype} {labels.shape}")
+        if emb.dtype != np.float32 or emb.shape != (r, dim) or not np.isfinite(emb).all():
+            raise PackageError(f"{where}: embeddings must be finite float32 ({r}, {dim}), got {emb.dtype} {emb.shape}")
+        return ids, labels, emb
