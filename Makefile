@@ -23,6 +23,7 @@ demo: venv
 	$(SNAKEMAKE) --cores $(CORES)
 	$(SNAKEMAKE) --report results/report.html
 	@PYTHONPATH=workflow_scripts $(VENV)/bin/python -c "from hpaflow.summary import headline; print(headline('results/metrics.json'))"
+	@test ! -f results/transfer/metrics.json || PYTHONPATH=workflow_scripts $(VENV)/bin/python -c "from hpaflow.summary import transfer_headline; print(transfer_headline('results/transfer/metrics.json'))"
 
 test: venv
 	$(VENV)/bin/python -m pytest -q tests

@@ -36,6 +36,7 @@ rule classify_predict:
         **job_resources("classify_predict"),
     params:
         package=classify_package_params,
+        decides=lambda wc: decides("classify_predict"),
     script:
         "../workflow_scripts/classify.py"
 

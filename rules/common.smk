@@ -302,6 +302,18 @@ def keyed(kind, pattern, folds=True):
     return {member_key(kind, m): pattern.format(model=m) for m in MODELS}
 
 
+def export_transfer(wildcards):
+    """With label transfer, what the package needs to transfer labels in classify: the embedding network,
+    the external fields' embeddings and labels, and tau."""
+    if not TRANSFER:
+        return {}
+    return {
+        "embed_model": "results/transfer/embed.pt",
+        "embeddings": "results/transfer/embeddings.h5",
+        "transfer_metrics": "results/transfer/metrics.json",
+    }
+
+
 def exportable(wildcards):
     """Checked when the export job is planned, before any training: what one ONNX graph cannot hold
     stops the run with the key named. No input of its own."""

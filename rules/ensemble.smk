@@ -92,6 +92,7 @@ rule export:
     """The fitted ensemble as a package to take away: one ONNX graph, thresholds, classes, preprocessing, README."""
     input:
         unpack(lambda wc: keyed("model", "results/models/{model}/fold{fold}/best.pt")),
+        unpack(export_transfer),
         exportable=exportable,
         ensemble="results/ensemble.h5",
         metrics="results/metrics.json",

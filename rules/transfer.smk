@@ -12,7 +12,8 @@ if TRANSFER:
             content=contents(DATASETS),
             duplicates="results/duplicates.csv",
         output:
-            "results/transfer/embeddings.h5",
+            embeddings="results/transfer/embeddings.h5",
+            model="results/transfer/embed.pt",  # the best epoch's network, for export
         log:
             "logs/transfer/embed.log",
         benchmark:
@@ -58,11 +59,12 @@ if TRANSFER:
             shards=all_indexes,
             content=contents(DATASETS),
         output:
-            report(
+            figure=report(
                 "results/plots/transfer_neighbours.png",
                 caption="report/transfer.rst",
                 category="Transfer",
             ),
+            headline="results/plots/transfer_headline.rst",  # on the report's front page (report/workflow.rst)
         log:
             "logs/transfer/figure.log",
         conda:

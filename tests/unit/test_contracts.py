@@ -14,10 +14,12 @@ from hpaflow.contracts import STAGES, decided_by, job_config, member_key, member
 from hpaflow.demo import DemoSpec
 from hpaflow.download import FetchSettings
 from hpaflow.duplicates import DuplicateSettings
+from hpaflow.embed import EmbedSettings
 from hpaflow.ensemble import EnsembleSettings
 from hpaflow.export import ExportSettings
 from hpaflow.predict import PredictSettings
 from hpaflow.train import TrainConfig
+from hpaflow.transfer import TransferSettings
 
 SCHEMA = REPO / "config/schemas/config.schema.yaml"
 MODEL = {"name": "m", "backbone": "resnet18", "image_size": 32}
@@ -40,6 +42,8 @@ BUILDERS = {
     "export": ExportSettings.from_config,
     "download_hpav18_part": FetchSettings.from_config,
     "demo_data": DemoSpec.from_config,
+    "embed": lambda c: EmbedSettings.from_config(c, 1),
+    "transfer": TransferSettings.from_config,
 }
 
 

@@ -33,10 +33,11 @@ def load_recipe(name: str) -> dict:
 
 # Full scale: 31,072 / 1024 -> 31 shards, 74,606 -> 73, 11,702 -> 12 (116); per model 5 folds of train and
 # predict and one model_summary; then duplicates, folds, ensemble, submission, plots and all once each.
-# Worked by hand: total = 116 + 3 + 3 + 1 + 1 + 11 x models + 4 (ensemble, submission, plots, all).
+# Worked by hand: total = 116 + 3 + 3 + 1 + 1 + 11 x models + 4 (ensemble, submission, plots, all), + 3 with
+# label transfer (embed, transfer, transfer_figure: bestfitting).
 PLANS = {
     "seed": {"models": 3, "train": 15, "total": 161},
-    "bestfitting": {"models": 1, "train": 5, "total": 139},
+    "bestfitting": {"models": 1, "train": 5, "total": 142, "transfer": True},
     "pudae": {"models": 2, "train": 10, "total": 150},
     "wair": {"models": 6, "train": 30, "total": 194},
 }
@@ -73,6 +74,7 @@ def test_recipe_plans_at_full_scale(full_scale, name):
         "ensemble": "1",
         "submission": "1",
         "plots": "1",
+        **({"embed": "1", "transfer": "1", "transfer_figure": "1"} if PLANS[name].get("transfer") else {}),
         "all": "1",
         "total": str(PLANS[name]["total"]),
     }

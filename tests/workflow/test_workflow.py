@@ -241,7 +241,7 @@ def test_full_scale_plan_has_no_per_image_jobs(workflow_dir, tmp_path):
         f"pretrained_dir={weights}",
     )
     counts = plan(proc)
-    # 31,072 / 1024 -> 31 shards, 74,606 -> 73, 11,702 -> 12; 3 models x 5 folds.
+    # 31,072 / 1024 -> 31 shards, 74,606 -> 73, 11,702 -> 12; 3 models x 5 folds; label transfer (3 jobs).
     assert counts == {
         "shard": "116",
         "shard_content": "3",
@@ -254,11 +254,16 @@ def test_full_scale_plan_has_no_per_image_jobs(workflow_dir, tmp_path):
         "ensemble": "1",
         "submission": "1",
         "plots": "1",
+        "embed": "1",
+        "transfer": "1",
+        "transfer_figure": "1",
         "all": "1",
-        "total": "161",
+        "total": "164",
     }
-    gpus = re.findall(r"^rule (train|predict):\n(?:    .*\n)*?    resources: .*?\bgpu=(\d+)", proc.stdout, re.M)
-    assert len(gpus) == 30 and all(n == "1" for _, n in gpus), gpus
+    gpus = re.findall(r"^rule (train|predict|embed):\n(?:    .*\n)*?    resources: .*?\bgpu=(\d+)", proc.stdout, re.M)
+    assert len(gpus) == 31 and all(n == "1" for _, n in gpus), gpus
+    # Label transfer: the ensemble's own submission is kept beside the transferred one.
+    assert "results/submission_ensemble.csv" in proc.stdout and "results/transfer/embeddings.h5" in proc.stdout
 
 
 def test_lint_is_clean(workflow_dir):

@@ -153,7 +153,7 @@ STAGES: dict[str, Stage] = {
         storage=("classify.shard_size", "hdf5_compression"),
         consumers=("classify_predict", "classify_gallery"),
     ),
-    "classify_predict": Stage(decides=("classify.package",), steers=("classify.batch_size",)),
+    "classify_predict": Stage(decides=("classify.package", "classify.transfer"), steers=("classify.batch_size",)),
     "classify_gallery": Stage(),
 }
 

@@ -139,3 +139,16 @@ def headline(metrics_json: str | Path) -> str:
         f"ensemble out-of-fold macro F1: {e['f1_cross_fitted']:.4f} (cross-fitted {e['final_method']} "
         f"thresholds; {e['f1_at_0.5']:.4f} at 0.5; prior-only baseline {m['prior_baseline']['f1']:.4f})"
     )
+
+
+def transfer_headline(transfer_json: str | Path) -> str:
+    """One sentence on label transfer (results/transfer/metrics.json): the report's front page and make demo."""
+    t = json.loads(Path(transfer_json).read_text())["transfer"]
+    tau = "never" if t["tau"] is None else f"{t['tau']:.4f}"
+    retrieval = "none held out" if t["retrieval_accuracy"] is None else f"{t['retrieval_accuracy']:.3f}"
+    return (
+        f"label transfer: {t['replaced_test']} of {t['n_test']} test fields took their nearest external field's "
+        f"labels (tau {tau}, {t['tau_setting']}); out-of-fold macro F1 {t['f1_cross_fitted_without']:.4f} without, "
+        f"{t['f1_cross_fitted_with_transfer']:.4f} with transfer (cross-fitted, {t['replaced_oof']} of {t['n_oof']} "
+        f"fields replaced, never from their own antibody); antibody retrieval accuracy {retrieval}"
+    )

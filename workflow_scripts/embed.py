@@ -1,0 +1,14 @@
+"""Rule embed: train the antibody embedding network (resumable), embed every field (hpaflow.embed)."""
+
+from hpaflow.contracts import job_config, members
+from hpaflow.embed import EmbedSettings, run_embed
+from hpaflow.layout import indexed_shards
+from hpaflow.runlog import logged
+
+with logged(snakemake.log[0]) as log:
+    # params.weights (the ImageNet weights' name and sha256) is there only to rerun the job when they change.
+    config = job_config("embed", snakemake.params.decides, snakemake.config)
+    settings = EmbedSettings.from_config(config, snakemake.threads)
+    log.info("embed %s", settings)
+    shards = {name: indexed_shards([path]) for name, path in members(snakemake.input.items(), "index").items()}
+    run_embed(settings, shards, snakemake.input.duplicates, snakemake.output.embeddings, snakemake.output.model)
