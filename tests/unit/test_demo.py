@@ -217,7 +217,11 @@ def test_sibling_and_antibody_fields_are_drawn_in_the_antibody_look(sib_sets):
     hp = pd.read_csv(root / "hpav18.csv", dtype={"Target": str})
 
     def redraw(split_no, k, target, side, look):
-        return render([int(t) for t in target.split()], side, np.random.default_rng([SIB.seed, split_no, 1, k]), look)
+        # Drawn at the acquisition size (SIB.size), stored at the source's side.
+        drawn = render(
+            [int(t) for t in target.split()], SIB.size, np.random.default_rng([SIB.seed, split_no, 1, k]), look
+        )
+        return drawn if side == SIB.size else cv2.resize(drawn, (side, side), interpolation=cv2.INTER_LINEAR)
 
     for k, group in siblings(SIB).items():
         image = read_rgby(root / "test", test["Id"][k], "png")

@@ -279,10 +279,10 @@ def test_embeddings_file_has_every_field_in_the_layout(job, straight):
     assert h5[h5n.EMB_TRAINED].tolist() == [g in trained_groups for g in groups]
     assert h5["attrs"]["classes_trained"] == 5 and h5["attrs"]["classes_held_out"] == 2
     assert h5["attrs"]["image_size"] == 32  # image_size null: the shards' row side
-    # The best epoch is the first with the highest held-out retrieval; the file's figure is that epoch's.
+    # The best epoch is the last with the highest held-out retrieval; the file's figure is that epoch's.
     history = summary["history"]
     retrieval = [r["retrieval"] for r in history]
-    assert len(history) == 3 and summary["best_epoch"] == 1 + int(np.argmax(retrieval))
+    assert len(history) == 3 and summary["best_epoch"] == 3 - int(np.argmax(retrieval[::-1]))
     assert h5["attrs"][h5n.EMB_RETRIEVAL] == pytest.approx(retrieval[summary["best_epoch"] - 1])
     held_rows = np.isin(h5[h5n.EMB_GROUP], list(held))
     expected = retrieval_accuracy(h5[h5n.EMBEDDINGS][held_rows], h5[h5n.EMB_GROUP][held_rows])

@@ -44,3 +44,21 @@ def test_demo_meets_its_acceptance(demo):
     test_f1 = f1_score(true, predicted, average="macro", zero_division=0)
     assert abs(test_f1 - ens["f1_cross_fitted"]) < 0.08, (test_f1, ens["f1_cross_fitted"])
     assert (demo / "results/report.html").stat().st_size > 100_000
+
+
+def test_label_transfer_on_the_demo(demo):
+    """The antibody embedding finds the demo's antibodies again (held-out retrieval), the transferred submission
+    is the ensemble's with the replaced fields given their neighbours' labels, and tau leaves the fields that are
+    no sibling of an HPAv18 antibody alone: a demo without siblings differs from this one in the siblings only
+    (tests/unit/test_demo.py), so at most 1% of its test fields would be replaced."""
+    t = json.loads((demo / "results/transfer/metrics.json").read_text())["transfer"]
+    assert t["retrieval_accuracy"] >= 0.8
+    sub = pd.read_csv(demo / "results/submission.csv", keep_default_na=False).set_index("Id")
+    ens = pd.read_csv(demo / "results/submission_ensemble.csv", keep_default_na=False).set_index("Id")
+    nb = pd.read_csv(demo / "results/transfer/neighbours.csv", keep_default_na=False).query("part == 'test'")
+    replaced = nb.set_index("Id").replaced.astype(str) == "True"
+    assert (sub.Predicted != ens.Predicted).sum() <= replaced.sum() == t["replaced_test"]
+    assert (sub.Predicted[~replaced] == ens.Predicted[~replaced]).all()
+    siblings = set(pd.read_csv(demo / "data/demo/siblings_truth.csv", dtype=str).Id)
+    others = ~replaced.index.isin(list(siblings))
+    assert replaced[others].sum() <= 0.01 * others.sum()

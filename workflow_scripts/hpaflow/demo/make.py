@@ -104,6 +104,14 @@ def siblings(spec: DemoSpec) -> dict[int, int]:
     return {first + j: groups[j % len(groups)] for j in range(n)}
 
 
+def acquired(labels: list[int], spec: DemoSpec, side: int, rng: np.random.Generator, look: Look | None) -> np.ndarray:
+    """A field as one microscope acquires it (drawn at spec.size, its noise at that scale) and its source stores
+    it (resized to `side`): so every source's fields reach the shards with the same noise, and an antibody's
+    HPAv18 fields and its test siblings differ by the field of view, not by how they were drawn."""
+    rgby = render(labels, spec.size, rng, look)
+    return rgby if side == spec.size else cv2.resize(rgby, (side, side), interpolation=cv2.INTER_LINEAR)
+
+
 def shifted_copy(rgby: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
     """A field as another acquisition stored it: resized to `side` and shifted by up to 1% of it (1 px at least)."""
     out = cv2.resize(rgby, (side, side), interpolation=cv2.INTER_LINEAR)
@@ -184,7 +192,7 @@ def _write_images(out: Path, spec: DemoSpec, split: str, plan: _Plan, train_sets
             rgby = render(train_sets[copies[k]], spec.size, src_rng)
             rgby = rgby if split == "test" else shifted_copy(rgby, side, rng)
         else:
-            rgby = render(labels, side, rng, field_look(spec, split, k))
+            rgby = acquired(labels, spec, side, rng, field_look(spec, split, k))
         if fmt == "png":
             write_png(d, image_id, rgby)
         elif fmt == "tiff":

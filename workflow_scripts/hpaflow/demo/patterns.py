@@ -357,9 +357,9 @@ def draw_look(rng: np.random.Generator) -> Look:
     label remains readable while the look still tells antibodies apart.
     """
     gains = tuple(float(g) for g in rng.uniform(0.55, 1.0, NUM_CLASSES))
-    green_gain, background, texture_amp = rng.uniform([0.6, 0.0, 0.0], [1.25, 0.12, 0.45])
-    texture_scale = float(np.exp(rng.uniform(np.log(1.5), np.log(5.0))))
-    granular, density, radius, level = rng.uniform([0.0, 0.02, 0.7, 0.3], [1.0, 0.08, 1.4, 0.6])
+    green_gain, background, texture_amp = rng.uniform([0.5, 0.0, 0.0], [1.5, 0.25, 0.6])
+    texture_scale = float(np.exp(rng.uniform(np.log(1.5), np.log(6.0))))
+    granular, density, radius, level = rng.uniform([0.0, 0.02, 0.6, 0.3], [1.0, 0.12, 2.0, 0.9])
     return Look(
         gains=gains,
         green_gain=float(green_gain),
