@@ -207,6 +207,17 @@ def edited(**changes):
         ({"models__0__average_last": 16}, None),
         ({"models__0__loss": {"focal": 1.0, "dice": 0.5}}, r"models\[0\]\.loss: .*'dice'"),
         ({"models__0__class_weights": [1.0] * 27}, r"models\[0\]\.class_weights: "),
+        # What label transfer needs (config.check_transfer); the demo enables it on 64 px shards.
+        ({"tiling": "grid", "tile_size": 32}, r"^transfer\.enabled: label transfer embeds whole fields; tiling: grid"),
+        ({"tiling": "grid", "tile_size": 32, "transfer__enabled": False}, None),
+        ({"datasets__2__external": False}, r"^transfer\.enabled: no train dataset has external: true and id_format"),
+        ({"datasets__2__id_format": "plain"}, r"^transfer\.enabled: no train dataset has external: true and id_format"),
+        ({"datasets__3__role": "train"}, r"^transfer\.enabled: no dataset has role: test"),
+        ({"transfer__image_size": 96}, r"^transfer\.image_size: 96 is larger than the shards' image_size 64$"),
+        ({"transfer__backbone": "inception_v3"}, r"^transfer\.image_size: 64 px is below the 75 px that inception_v3"),
+        ({"transfer__tau": 1.5}, r"transfer\.tau: "),
+        ({"transfer__tau": "auto"}, None),
+        ({"transfer__tau": -0.2}, None),
     ],
 )
 def test_errors_name_the_key(changes, message):

@@ -160,7 +160,8 @@ def check_transfer(config: dict) -> None:
     t = config["transfer"]
     if config["tiling"] != "none":
         raise ConfigError(
-            f"transfer.enabled: label transfer embeds whole fields; tiling: {config['tiling']} stores tiles (set tiling: none)"
+            f"transfer.enabled: label transfer embeds whole fields; tiling: {config['tiling']} stores tiles "
+            "(set tiling: none)"
         )
     ds = config["datasets"]
     if not any(d["role"] == "train" and d.get("external") and d.get("id_format") == "hpav18" for d in ds):
