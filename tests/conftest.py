@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -129,3 +130,19 @@ def write_config(path: Path, config: dict) -> Path:
 @pytest.fixture
 def workflow_dir(tmp_path: Path) -> Path:
     return copy_workflow(tmp_path / "wf")
+
+
+class Preempted(BaseException):
+    """A job killed from outside once an epoch is recorded (as a preempted node)."""
+
+
+class KillAfterEpoch(logging.Handler):
+    """Raises Preempted when the epoch line (a log record starting with `line`, epoch first) of `epoch` is logged."""
+
+    def __init__(self, epoch: int, line: str) -> None:
+        super().__init__()
+        self.epoch, self.line = epoch, line
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith(self.line) and record.args[0] == self.epoch:
+            raise Preempted

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
+from conftest import REPO, KillAfterEpoch, Preempted
 from hpaflow import h5names as h5n
 from hpaflow.config import validate_config
 from hpaflow.duplicates import PAIR_COLUMNS
@@ -321,25 +321,11 @@ def test_no_test_field_is_ever_trained_on(job, straight, tmp_path):
     assert sum(seen) == n - (n % 4 == 1)  # a last batch of one is left out (BatchNorm), batch_size 4
 
 
-class Preempted(BaseException):
-    """The job killed from outside once an epoch is recorded (as a preempted node)."""
-
-
-class KillAfterEpoch(logging.Handler):
-    def __init__(self, epoch: int) -> None:
-        super().__init__()
-        self.epoch = epoch
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg.startswith("epoch %d/%d: loss") and record.args[0] == self.epoch:
-            raise Preempted
-
-
 def test_a_killed_job_resumes_to_the_same_weights_and_another_job_starts_over(job, straight, tmp_path, caplog):
     _, done, _ = straight
     out = tmp_path / "transfer" / "embeddings.h5"
     caplog.set_level(logging.INFO, logger="hpaflow")
-    killer = KillAfterEpoch(1)
+    killer = KillAfterEpoch(1, "epoch %d/%d: loss")
     logging.getLogger("hpaflow").addHandler(killer)
     try:
         with pytest.raises(Preempted):

@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import REPO
+from conftest import REPO, KillAfterEpoch, Preempted
 from hpaflow.config import validate_config
 from hpaflow.schedules import Schedule, accumulation_plan, batch_sizes, lr_at
 from hpaflow.shards import ShardSpec, write_shard
@@ -232,20 +232,6 @@ def test_each_epoch_runs_at_lr_at_with_one_step_per_accumulate_batches(tiny_job,
     assert pd.read_csv(tmp_path / "metrics.csv")["lr"].tolist() == pytest.approx([0.005, 0.01, 0.005], rel=1e-12)
 
 
-class Preempted(BaseException):
-    """The job killed from outside once an epoch is recorded (as a preempted node)."""
-
-
-class KillAfterEpoch(logging.Handler):
-    def __init__(self, epoch: int) -> None:
-        super().__init__()
-        self.epoch = epoch
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg.startswith("epoch %d/%d: train loss") and record.args[0] == self.epoch:
-            raise Preempted
-
-
 def test_averaging_the_last_epochs_resumes_exactly_and_is_the_mean(tiny_job, tmp_path, caplog):
     """average_last 2 of 3 epochs: best.pt holds the mean of the weights after epochs 2 and 3 (those of
     runs stopping there, at a constant rate), BatchNorm recomputed; a job killed after epoch 2 (inside the
@@ -259,7 +245,7 @@ def test_averaging_the_last_epochs_resumes_exactly_and_is_the_mean(tiny_job, tmp
     assert best["averaged_epochs"] == [2, 3] and best["val_f1"] == straight["best_f1"]
     assert len(pd.read_csv(tmp_path / "straight" / "metrics.csv")) == 3  # one row per epoch
 
-    killer = KillAfterEpoch(2)
+    killer = KillAfterEpoch(2, "epoch %d/%d: train loss")
     logging.getLogger("hpaflow").addHandler(killer)
     try:
         with pytest.raises(Preempted):
