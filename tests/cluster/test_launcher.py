@@ -70,4 +70,5 @@ def test_launcher_plans_the_full_scale_config(launcher, tmp_path):
     weights = fake_weights(tmp_path / "pretrained")
     config = ["--config", f"data_root={tmp_path}", f"pretrained_dir={weights}"]
     counts = plan(launch(launcher, wf, "-n", "--configfile", "config/hpa_kaggle.yaml", *config))
-    assert counts["shard"] == "116" and counts["train"] == "15" and counts["total"] == "161", counts
+    assert counts["shard"] == "116" and counts["train"] == "15" and counts["embed"] == "1", counts
+    assert counts["total"] == "164", counts
