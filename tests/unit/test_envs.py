@@ -195,7 +195,7 @@ def env_packages(env: str) -> set[str]:
 def rule_env_scripts(text: str) -> set[tuple[str, str]]:
     """(env file, script) of each rule in a .smk file that has both, whatever the directive order."""
     out = set()
-    for block in re.split(r"^rule \w+:", text, flags=re.M)[1:]:
+    for block in re.split(r"^\s*rule \w+:", text, flags=re.M)[1:]:  # rules in an if block are indented
         env = re.search(r'conda:\s*\n\s*"\.\./envs/([\w.-]+)"', block)
         script = re.search(r'script:\s*\n\s*"\.\./(workflow_scripts/[\w.]+)"', block)
         if env and script:
