@@ -42,7 +42,7 @@ def test_partly_given_resources_keep_the_other_defaults():
 
 
 def test_every_rule_has_its_resources_in_the_schema():
-    rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M))
+    rules = set(re.findall(r"^\s*rule (\w+):", "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M))
     sized = set(re.findall(r'job_threads\("(\w+)"\)', "".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))))
     schema = set(yaml.safe_load(SCHEMA.read_text())["properties"]["resources"]["properties"])
     assert sized == schema  # every sized rule has a schema entry and the other way round

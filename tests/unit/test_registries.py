@@ -39,6 +39,7 @@ REGISTRIES: dict[str, Callable[[], object]] = {
     "duplicates.channels[]": lambda: layout.COLORS,
     "duplicates.policy": lambda: duplicates.POLICIES,
     "models[].backbone": lambda: models.BACKBONES,  # and timm/<name> (a pattern, no enum)
+    "transfer.backbone": lambda: models.BACKBONES,  # the embedding network: the same backbones
     "models[].head": lambda: models.HEADS,
     "models[].color_mode": lambda: transforms.COLOR_MATRICES,
     "models[].normalize": lambda: augment.NORMALIZERS,
@@ -63,6 +64,8 @@ SWITCHES = {"datasets[].role", "tiling", "device"}
 
 def schema_enums(node: dict, path: str = "") -> Iterator[tuple[str, list]]:
     """(key path, enum) of every enum in the schema, `[]` standing for a list's items."""
+    if "$ref" in node:  # a shared shape (#/$defs/name): its enum at each place that uses it
+        node = SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[-1]]
     if "enum" in node:
         yield path, node["enum"]
     for alt in node.get("anyOf", []):  # a choice of shapes (backbone: a name or timm/<name>)
