@@ -560,6 +560,7 @@ def test_config_strings_from_the_command_line_become_numbers_and_null():
         "package": None,
         "batch_size": 4,
         "shard_size": 5,
+        "transfer": True,  # the default: the package's label transfer where it has one
     }
     schema = yaml.safe_load(SCHEMA.read_text())
     assert coerce_strings({"classify": {**given, "package": "~"}}, schema, schema)["classify"]["package"] is None
