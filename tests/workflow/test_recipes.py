@@ -55,7 +55,7 @@ def full_scale(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 @needs_shared
-@pytest.mark.parametrize("name", RECIPES)  # config/hpa_kaggle.yaml: tests/workflow/test_workflow.py (164 jobs: with label transfer)
+@pytest.mark.parametrize("name", RECIPES)  # hpa_kaggle (164 jobs): test_workflow.py
 def test_recipe_plans_at_full_scale(full_scale, name):
     wf, data, weights = full_scale
     args = ["-n", "--configfile", recipe_path(name), "--config", f"data_root={data}", f"pretrained_dir={weights}"]
