@@ -1,4 +1,4 @@
-"""The shipped demo, end to end as `make demo` runs it (about 9 minutes on 2 cores), against its acceptance:
+"""The shipped demo, end to end as `make demo` runs it (about 16 minutes on 2 cores), against its acceptance:
 fitted thresholds beat 0.5, the ensemble is at least its members' mean (within 0.002), every model clearly beats the
 prior-only baseline, and the submission scored on the hidden test labels lands near the cross-fitted estimate."""
 
