@@ -292,9 +292,10 @@ def read_references(embeddings_h5: str | Path) -> tuple[References, float | None
     """The references (external, not test, rows of embeddings.h5: those rule transfer matches test fields against)
     and the held-out retrieval accuracy (None when nothing was held out)."""
     emb = read_embeddings(embeddings_h5)
-    rows = np.flatnonzero(emb.external & ~emb.test)
-    if not len(rows):
-        raise ExportError(f"{embeddings_h5}: no external train field to take labels from (datasets[].external)")
+    try:
+        rows = emb.reference_rows()
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     refs = References(
         np.array(emb.ids[rows].tolist(), dtype=str),
         emb.labels[rows].astype(np.uint8),

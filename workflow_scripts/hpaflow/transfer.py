@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import h5names as h5n
 from .files import atomic_path
-from .labels import NUM_CLASSES
+from .labels import NUM_CLASSES, encode
 from .metrics import macro_f1
 from .progress import Progress
 from .submission import SubmissionError, check_submission, make_submission, write_submission
@@ -179,6 +179,13 @@ class Embeddings:
     vectors: np.ndarray
     retrieval: float
 
+    def reference_rows(self) -> np.ndarray:
+        """The rows labels are taken from: external train fields (rule transfer and the exported package)."""
+        rows = np.flatnonzero(self.external & ~self.test)
+        if len(rows) == 0:
+            raise ValueError(f"{self.path}: no external train field to take labels from (datasets[].external)")
+        return rows
+
     def rows(self, ids: list[str], test: bool, what: str) -> np.ndarray:
         """The row of each Id among the test (or train) rows; an Id missing or there twice is an error."""
         part = np.flatnonzero(self.test == test)
@@ -231,10 +238,7 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
         check_submission(df, df["Id"].tolist() if "Id" in df.columns else [])
     except SubmissionError as e:
         raise SubmissionError(f"{path}: {e}") from None
-    pred = np.zeros((len(df), NUM_CLASSES), bool)
-    for r, s in enumerate(df["Predicted"]):
-        pred[r, [int(t) for t in s.split()]] = True
-    return df["Id"].tolist(), pred
+    return df["Id"].tolist(), encode([[int(t) for t in s.split()] for s in df["Predicted"]]).astype(bool)
 
 
 def _tau_json(tau: float) -> float | None:
@@ -258,9 +262,7 @@ def run_transfer(
             f"{embeddings_h5}: the embedding network trained on test field {emb.ids[leaks[0]]!r} "
             f"({len(leaks)} test fields): rerun embed ({h5n.RERUN['embeddings']})"
         )
-    ref_rows = np.flatnonzero(emb.external & ~emb.test)
-    if len(ref_rows) == 0:
-        raise ValueError(f"{embeddings_h5}: no external train field to take labels from (datasets[].external)")
+    ref_rows = emb.reference_rows()
     refs = emb.vectors[ref_rows]
 
     # Out-of-fold fields: matched outside their own antibody and near-duplicate group.
