@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	# hpaflow is not installed: each clone's tests (pytest.ini pythonpath), benchmarks and jobs import
 	# that clone's workflow_scripts/, so one venv serves several clones (an old editable install goes).
 	$(VENV)/bin/python -m pip uninstall -q -y hpaflow 2>/dev/null || true
-	$(VENV)/bin/python -c "import torch, torchvision, snakemake, h5py, cv2, iterstrat, imagecodecs, snakefmt"
+	$(VENV)/bin/python -c "import torch, torchvision, snakemake, h5py, hdf5plugin, cv2, iterstrat, imagecodecs, snakefmt"
 	touch $@
 
 demo: venv

@@ -15,7 +15,7 @@ from hpaflow.config import (
     read_dataset,
     validate_config,
 )
-from hpaflow.contracts import SHARD_DATASET_KEYS, SHARD_KEYS, decided_by, digest, member_key, pick
+from hpaflow.contracts import SHARD_KEYS, decided_by, digest, member_key, pick, shard_dataset
 from hpaflow.layout import list_channels, shard_count, shard_slice
 from hpaflow.package import Package, PackageError
 from hpaflow.weights import WeightsError, weights_path
@@ -99,7 +99,7 @@ def shard_indexes_by_name(wildcards):
 def shard_decided(name):
     """What decides a dataset's shards (the shard rule's params): the shard keys and the dataset's own."""
     d = config["datasets"][DATASETS[name]]
-    return {**pick(config, SHARD_KEYS), "dataset": {k: d[k] for k in SHARD_DATASET_KEYS if k in d}}
+    return {**pick(config, SHARD_KEYS), "dataset": shard_dataset(d)}
 
 
 @lru_cache(maxsize=None)

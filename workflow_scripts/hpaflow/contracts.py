@@ -34,7 +34,10 @@ class Stage:
 
 
 # The keys of a dataset entry that decide its shards (`external` and `id_format` only matter to the folds).
-SHARD_DATASET_KEYS = ("name", "format", "images", "labels", "role", "bits")
+SHARD_DATASET_KEYS = ("name", "format", "images", "labels", "role", "bits", "reduced_decode")
+# Dataset keys added after shards were first written: at these values they are left out of what decides
+# the shards, so that upgrading the workflow rewrites no shard and reruns no model.
+SHARD_DATASET_OMITTED = {"reduced_decode": False}
 # Decide the content of every shard: a change rewrites them and reruns every reader of the shards.
 SHARD_KEYS = ("data_root", "image_size", "tiling", "tile_size")
 SHARD_READERS = ("duplicates", "folds", "train", "predict", "plots", "export", "embed", "transfer_figure")
@@ -74,7 +77,7 @@ STAGES: dict[str, Stage] = {
     ),
     "train": Stage(
         decides=("models", "seed"),
-        steers=("device", "visdom", "pretrained_dir"),
+        steers=("device", "visdom", "pretrained_dir", "stage_shards"),
         consumers=("predict", "plots", "export"),
     ),
     "predict": Stage(
@@ -87,7 +90,7 @@ STAGES: dict[str, Stage] = {
             "predict.crop_placement",
             "seed",
         ),
-        steers=("predict.batch_size", "device"),
+        steers=("predict.batch_size", "device", "stage_shards"),
         consumers=("model_summary",),
     ),
     "model_summary": Stage(consumers=("ensemble",)),
@@ -143,7 +146,7 @@ STAGES: dict[str, Stage] = {
             "datasets[].external",
             "datasets[].id_format",
         ),
-        steers=("device", "pretrained_dir"),
+        steers=("device", "pretrained_dir", "stage_shards"),
         consumers=("transfer", "export"),
     ),
     "transfer": Stage(decides=("transfer.tau",), consumers=("transfer_figure",)),
@@ -176,6 +179,15 @@ def _put(out: dict, key: str, value) -> None:
     for part in parents:
         node = node.setdefault(part, {})
     node[last] = copy.deepcopy(value)
+
+
+def shard_dataset(entry: dict) -> dict:
+    """The keys of a dataset entry that decide its shards (SHARD_DATASET_OMITTED left out at their value)."""
+    return {
+        k: entry[k]
+        for k in SHARD_DATASET_KEYS
+        if k in entry and not (k in SHARD_DATASET_OMITTED and entry[k] == SHARD_DATASET_OMITTED[k])
+    }
 
 
 def pick(config: dict, keys: tuple[str, ...] | list[str]) -> dict:
