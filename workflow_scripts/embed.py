@@ -4,6 +4,7 @@ from hpaflow.contracts import job_config, members
 from hpaflow.embed import EmbedSettings, run_embed
 from hpaflow.layout import indexed_shards
 from hpaflow.runlog import logged
+from hpaflow.staging import staged_groups
 
 with logged(snakemake.log[0]) as log:
     # params.weights (the ImageNet weights' name and sha256) is there only to rerun the job when they change.
@@ -11,4 +12,5 @@ with logged(snakemake.log[0]) as log:
     settings = EmbedSettings.from_config(config, snakemake.threads)
     log.info("embed %s", settings)
     shards = {name: indexed_shards([path]) for name, path in members(snakemake.input.items(), "index").items()}
-    run_embed(settings, shards, snakemake.input.duplicates, snakemake.output.embeddings, snakemake.output.model)
+    with staged_groups(shards, config["stage_shards"], log) as local:
+        run_embed(settings, local, snakemake.input.duplicates, snakemake.output.embeddings, snakemake.output.model)
