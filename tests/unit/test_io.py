@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import cv2
@@ -11,13 +12,16 @@ import pytest
 import tifffile
 
 from conftest import DATA
+from hpaflow.demo import write_hpav18_jpeg
 from hpaflow.io import (
     ImageError,
     Uint16Scaling,
     decode_hpav18_jpeg,
     decode_png,
     decode_tiff,
+    jpeg_frame,
     read_rgby,
+    reduced_factor,
     uint16_to_uint8,
 )
 from hpaflow.layout import channel_path
@@ -216,3 +220,119 @@ def test_non_square_rejected(tmp_path: Path):
         cv2.imwrite(str(tmp_path / f"X_{c}.png"), np.zeros((30, 40), np.uint8))
     with pytest.raises(ImageError, match="Id X: image is 40x30, expected a square"):
         read_rgby(tmp_path, "X", "png")
+
+
+# ------------------------------------------------------------------ reduced JPEG decode (issue 23)
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF APP1 segment right after SOI that sets Orientation (tag 0x0112)."""
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + b"\x00" * 4
+    app1 = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + ifd
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+def test_jpeg_frame_reads_the_sides_without_decoding(tmp_path: Path):
+    for c in ["red", "green", "blue", "yellow"]:
+        path = DATA / f"{SAMPLE_ID}_{c}.jpg"
+        assert jpeg_frame(path.read_bytes(), path) == (1728, 1728, 3)
+    grey = cv2.imencode(".jpg", random_plane(37, 53))[1].tobytes()
+    assert jpeg_frame(grey, Path("g.jpg")) == (37, 53, 1)
+    colour = cv2.imencode(".jpg", RNG.integers(0, 256, (70, 61, 3), dtype=np.uint8))[1].tobytes()
+    assert jpeg_frame(with_exif_orientation(colour, 6), Path("c.jpg")) == (70, 61, 3)  # past an APP1 segment
+    progressive = cv2.imencode(".jpg", random_plane(20, 30), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert b"\xff\xc2" in progressive and jpeg_frame(progressive, Path("p.jpg")) == (20, 30, 1)
+
+
+def test_jpeg_without_a_frame_header_is_named(tmp_path: Path):
+    data = (DATA / f"{SAMPLE_ID}_red.jpg").read_bytes()
+    sof = data.index(b"\xff\xc0")
+    (tmp_path / "X_red.jpg").write_bytes(data[:sof] + b"\xff\xd9")  # the segments before SOF, then EOI
+    with pytest.raises(ImageError, match=r"X_red\.jpg: no JPEG frame header \(SOF marker\)"):
+        decode_hpav18_jpeg(tmp_path / "X_red.jpg", "red", 512)
+
+
+@pytest.mark.parametrize(
+    "side,size,factor",
+    [(2048, 512, 4), (1728, 512, 2), (1728, 1024, 1), (2048, 1024, 2), (2048, 256, 8), (1728, 216, 8)]
+    + [(1728, 217, 4), (2047, 256, 8), (2049, 257, 8), (512, 512, 1), (100, 512, 1)],
+)
+def test_reduced_factor_keeps_at_least_the_target_side(side, size, factor):
+    assert reduced_factor(side, size) == factor
+
+
+def full_decode_at(size: int) -> np.ndarray:
+    """The real field through the full decode, each plane INTER_AREA-resized: the shards' rule, by hand."""
+    out = []
+    for c, plane in [("red", [2]), ("green", [1]), ("blue", [0]), ("yellow", [2, 1])]:
+        bgr = cv2.imread(str(DATA / f"{SAMPLE_ID}_{c}.jpg"), cv2.IMREAD_UNCHANGED).astype(np.int32)
+        p = ((bgr[:, :, plane].sum(-1) + len(plane) - 1) // len(plane)).astype(np.uint8)
+        out.append(cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA))
+    return np.stack(out, axis=-1)
+
+
+def test_reduced_decode_off_is_the_full_decode_on_the_real_field():
+    for size in (512, 1024):
+        assert np.array_equal(read_rgby(DATA, SAMPLE_ID, "jpg", size), full_decode_at(size)), size
+    # factor 1 (1728 px to 1024: half would be 864 px) decodes in full with the option on too
+    assert np.array_equal(read_rgby(DATA, SAMPLE_ID, "jpg", 1024, reduced_decode=True), full_decode_at(1024))
+
+
+def test_reduced_decode_on_the_real_field_is_half_scale_and_close_to_the_full_decode():
+    path = DATA / f"{SAMPLE_ID}_green.jpg"
+    frames: list[tuple[int, int]] = []
+    assert decode_hpav18_jpeg(path, "green", 512, frames).shape == (864, 864)  # 1728 / 2
+    assert frames == [(1728, 1728)]
+    sources: list[int] = []
+    reduced = read_rgby(DATA, SAMPLE_ID, "jpg", 512, source_sizes=sources, reduced_decode=True)
+    assert sources == [1728]  # the side as stored: the small-field warning is about it
+    half = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
+    assert np.array_equal(reduced[:, :, 1], cv2.resize(half[:, :, 1], (512, 512), interpolation=cv2.INTER_AREA))
+    diff = np.abs(reduced.astype(np.int32) - full_decode_at(512)).reshape(-1, 4)
+    # Measured (docs/usage.md): mean 0.37 0.56 0.11 0.55, max 11 12 8 14 grey levels (R G B Y).
+    assert 0 < diff.max() <= 16 and (diff.mean(0) < 0.75).all(), (diff.mean(0), diff.max(0))
+
+
+def test_reduced_decode_of_2048_px_to_512_skips_the_resize(tmp_path: Path):
+    rgby = cv2.resize(RNG.integers(0, 256, (64, 64, 4), dtype=np.uint8), (2048, 2048))
+    write_hpav18_jpeg(tmp_path, "X", rgby)
+    assert decode_hpav18_jpeg(tmp_path / "X_red.jpg", "red", 512).shape == (512, 512)  # 1/4 scale
+    bgr = cv2.imdecode(np.fromfile(tmp_path / "X_blue.jpg", np.uint8), cv2.IMREAD_REDUCED_COLOR_4)
+    out = read_rgby(tmp_path, "X", "jpg", 512, reduced_decode=True)
+    assert out.shape == (512, 512, 4) and np.array_equal(out[:, :, 2], bgr[:, :, 0])
+
+
+def test_reduced_decode_ignores_exif_orientation_as_the_full_decode_does(tmp_path: Path):
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:, :16, 2], img[:8, :, 1] = 200, 150  # a red band on the left, a green one at the top: not symmetric
+    plain = cv2.imencode(".jpg", img)[1].tobytes()
+    (tmp_path / "plain.jpg").write_bytes(plain)
+    (tmp_path / "rotated.jpg").write_bytes(with_exif_orientation(plain, 6))
+    for color in ("red", "green"):
+        for min_side in (None, 32):  # full, then half scale
+            rotated = decode_hpav18_jpeg(tmp_path / "rotated.jpg", color, min_side)
+            assert np.array_equal(rotated, decode_hpav18_jpeg(tmp_path / "plain.jpg", color, min_side))
+
+
+def test_reduced_decode_is_for_rgb_jpegs_only(tmp_path: Path):
+    write_png_set(tmp_path)
+    with pytest.raises(ValueError, match="reduced_decode applies to jpg sources only, not png"):
+        read_rgby(tmp_path, "X", "png", 20, reduced_decode=True)
+    cv2.imwrite(str(tmp_path / "grey.jpg"), random_plane(64, 64))
+    with pytest.raises(ImageError, match=r"grey\.jpg: expected an RGB JPEG, got 1 colour component"):
+        decode_hpav18_jpeg(tmp_path / "grey.jpg", "red", 32)
+
+
+def test_shard_spec_reduced_decode_reaches_the_shard_rows(tmp_path: Path):
+    """ShardSpec.reduced_decode (the shard job's datasets[].reduced_decode) is the decode the rows come from."""
+    import h5py
+
+    from hpaflow.shards import ShardSpec, write_shard
+
+    rows = {}
+    for reduced in (False, True):
+        spec = ShardSpec("hpav18", "jpg", str(DATA), "test", 512, reduced_decode=reduced)
+        write_shard(tmp_path / f"{reduced}.h5", spec, [SAMPLE_ID], None)
+        with h5py.File(tmp_path / f"{reduced}.h5") as h5:
+            rows[reduced] = h5["images"][0]
+    assert np.array_equal(rows[False], full_decode_at(512))
+    assert np.array_equal(rows[True], read_rgby(DATA, SAMPLE_ID, "jpg", 512, reduced_decode=True))
+    assert not np.array_equal(rows[True], rows[False])

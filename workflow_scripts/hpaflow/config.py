@@ -139,6 +139,12 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"datasets[{i}].name: {name!r} is used by datasets[{names.index(name)}] too")
     if not any(d["role"] == "train" for d in config["datasets"]):
         raise ConfigError("datasets: no dataset has role: train")
+    for i, d in enumerate(config["datasets"]):
+        if d.get("reduced_decode") and d["format"] != "jpg":
+            raise ConfigError(
+                f"datasets[{i}].reduced_decode: dataset {d['name']!r} has format {d['format']}; the reduced "
+                "decode is libjpeg's scaled decode, for jpg only (set reduced_decode: false)"
+            )
     if config["tiling"] == "grid":
         tile = config.get("tile_size")
         if tile is None:

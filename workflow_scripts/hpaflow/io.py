@@ -20,6 +20,16 @@ from .layout import COLORS, JPEG_PLANES, channel_path
 PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 # Source plane -> shard size, shrinking or enlarging (the exported preprocessing.json names it from here).
 SHARD_INTERPOLATION = cv2.INTER_AREA
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): FFC0-FFCF but DHT, JPG and DAC.
+JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# libjpeg's scaled decode (datasets[].reduced_decode): the IDCT itself outputs 1/f of the side, so the
+# full-size planes are never made. IGNORE_ORIENTATION: like the full IMREAD_UNCHANGED decode, no EXIF rotation.
+REDUCED_DECODE_FLAGS = {
+    1: cv2.IMREAD_UNCHANGED,
+    2: cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_IGNORE_ORIENTATION,
+    4: cv2.IMREAD_REDUCED_COLOR_4 | cv2.IMREAD_IGNORE_ORIENTATION,
+    8: cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION,
+}
 
 
 class ImageError(ValueError):
@@ -137,19 +147,71 @@ def _rounded_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cv2.subtract(cv2.bitwise_or(a, b), cv2.bitwise_xor(a, b) >> 1)
 
 
-def decode_hpav18_jpeg(path: Path, color: str) -> np.ndarray:
-    """The plane of an HPAv18 RGB JPEG that carries `color`."""
+def jpeg_frame(data: bytes, path: Path) -> tuple[int, int, int]:
+    """(height, width, components) from a JPEG's start-of-frame header, without decoding: the segments
+    before it are skipped by their lengths."""
+    i, n = 2, len(data)  # after SOI
+    while i + 4 <= n and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length field
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or start of scan: the frame header should have come first
+            break
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in JPEG_SOF_MARKERS and length >= 8 and i + 10 <= n:
+            h, w = int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+            if h == 0 or w == 0:  # height 0: given later by a DNL marker, which no camera here writes
+                raise ImageError(f"{path}: JPEG frame header gives a {w}x{h} image")
+            return h, w, data[i + 9]
+        if length < 2:
+            break
+        i += 2 + length
+    raise ImageError(f"{path}: no JPEG frame header (SOF marker) before the image data")
+
+
+def reduced_factor(side: int, size: int) -> int:
+    """The largest of 1, 2, 4, 8 whose scaled decode of a `side` px JPEG (libjpeg gives ceil(side / f) px)
+    is still at least `size` px, so that the INTER_AREA resize after it only shrinks."""
+    return next((f for f in (8, 4, 2) if -(-side // f) >= size), 1)
+
+
+def decode_hpav18_jpeg(
+    path: Path, color: str, min_side: int | None = None, frames: list[tuple[int, int]] | None = None
+) -> np.ndarray:
+    """The plane of an HPAv18 RGB JPEG that carries `color`.
+
+    With `min_side` (datasets[].reduced_decode), the JPEG is decoded at the smallest of 1/2, 1/4, 1/8 scale
+    whose side is still >= min_side (`reduced_factor`; full size if none is); `frames`, if given, gets the
+    (height, width) stored in the file, whatever the scale.
+    """
     data = _read_bytes(path)
     if not data.startswith(b"\xff\xd8"):
         raise ImageError(f"{path}: not a JPEG file")
     # libjpeg pads a truncated file with grey and only warns: require the EOI marker.
     if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise ImageError(f"{path}: truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    flags, expected = cv2.IMREAD_UNCHANGED, None
+    if min_side is not None or frames is not None:
+        h, w, components = jpeg_frame(data, path)
+        if frames is not None:
+            frames.append((h, w))
+        if min_side is not None:
+            # A reduced decode makes any JPEG colour: a grey one must fail as the full decode fails it.
+            if components != 3:
+                raise ImageError(f"{path}: expected an RGB JPEG, got {components} colour component(s)")
+            f = reduced_factor(min(h, w), min_side)
+            flags, expected = REDUCED_DECODE_FLAGS[f], (-(-h // f), -(-w // f), 3)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
         raise ImageError(f"{path}: JPEG cannot be decoded")
     if img.ndim != 3 or img.shape[2] != 3:
         raise ImageError(f"{path}: expected an RGB JPEG, got shape {img.shape}")
+    if expected is not None and img.shape != expected:  # the scaled decode must be libjpeg's, not a resize
+        raise ImageError(f"{path}: reduced decode gave shape {img.shape}, expected {expected}")
     planes = [cv2.extractChannel(img, i) for i in JPEG_PLANES[color]]
     return planes[0] if len(planes) == 1 else _rounded_mean(*planes)  # yellow: R and G equally
 
@@ -179,25 +241,35 @@ def read_rgby(
     size: int | None = None,
     scaling: Uint16Scaling | None = None,
     source_sizes: list[int] | None = None,
+    reduced_decode: bool = False,
 ) -> np.ndarray:
     """The four channels of one Id as uint8 (H, W, 4), RGBY order; all must share one square shape.
     Channel files are found with any extension of the format in any case (`layout.channel_path`).
 
     With `size`, each plane is resized (cv2 INTER_AREA) to size x size as it is read, which
     spares stacking full-size planes (a 2048 px image is 16 MB of them). `source_sizes`, if given,
-    gets the side of the field as read (before resizing), so that a caller can count small fields.
+    gets the side of the field as stored (before any reduced decode or resize), so that a caller can
+    count small fields. `reduced_decode` (jpg only, with `size`): each JPEG is decoded at 1/2, 1/4
+    or 1/8 scale first when that still gives at least `size` px (`decode_hpav18_jpeg`).
     """
-    planes = [decode_channel(channel_path(images_dir, image_id, c, fmt), fmt, c, scaling) for c in COLORS]
-    shapes = {p.shape for p in planes}
-    if len(shapes) != 1:
-        detail = ", ".join(f"{c} {p.shape[1]}x{p.shape[0]}" for c, p in zip(COLORS, planes))
+    if reduced_decode and fmt != "jpg":
+        raise ValueError(f"reduced_decode applies to jpg sources only, not {fmt}")
+    paths = [channel_path(images_dir, image_id, c, fmt) for c in COLORS]
+    if reduced_decode and size is not None:
+        frames: list[tuple[int, int]] = []  # the sides as stored, which the checks below are about
+        planes = [decode_hpav18_jpeg(path, c, size, frames) for path, c in zip(paths, COLORS)]
+    else:
+        planes = [decode_channel(path, fmt, c, scaling) for path, c in zip(paths, COLORS)]
+        frames = [p.shape for p in planes]
+    if len(set(frames)) != 1:
+        detail = ", ".join(f"{c} {w}x{h}" for c, (h, w) in zip(COLORS, frames))
         raise ImageError(f"Id {image_id}: channels differ in size ({detail})")
-    h, w = planes[0].shape
+    h, w = frames[0]
     if h != w:
         raise ImageError(f"Id {image_id}: image is {w}x{h}, expected a square field of view")
     if source_sizes is not None:
         source_sizes.append(h)
-    if size is None or size == h:
+    if size is None or size == planes[0].shape[0]:
         return np.stack(planes, axis=-1)
     out = np.empty((size, size, 4), np.uint8)
     for c, p in enumerate(planes):
