@@ -28,4 +28,4 @@ with logged(snakemake.log[0]) as log:
     for stale in ("predictions.csv", "gallery.png"):
         (Path(snakemake.output[0]).parent.parent / stale).unlink(missing_ok=True)
     log.info("classify shard %d: %d fields from %s at %d px", index, len(ids), c["images"], size)
-    write_shard(snakemake.output[0], spec, ids, None, index)
+    write_shard(snakemake.output[0], spec, ids, None, index, threads=snakemake.threads)

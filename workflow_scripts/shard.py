@@ -23,7 +23,9 @@ with logged(snakemake.log[0]) as log:
         compression=p.storage["hdf5_compression"],
         bits=d["bits"],
         bits_key=p.bits_key,  # the warnings name the key to set
+        # in the rule's params only when true (contracts.SHARD_DATASET_OMITTED: false leaves the shards as they were)
+        reduced_decode=d.get("reduced_decode", False),
     )
     log.info("shard %s/%d: Ids %d-%d of %d from %s", d["name"], index, rows.start, rows.stop - 1, len(table), images)
     labels = table.labels[rows] if table.labels is not None else None
-    write_shard(snakemake.output[0], spec, list(table.ids[rows]), labels, index)
+    write_shard(snakemake.output[0], spec, list(table.ids[rows]), labels, index, threads=snakemake.threads)

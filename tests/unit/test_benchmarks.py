@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from hpaflow.shards import COMPRESSIONS
 
 
 def test_train_step_benchmark_runs(tmp_path):
@@ -65,15 +66,32 @@ def test_benchmark_suite_runs_at_its_smallest_size(tmp_path):
     )
     res = json.loads(out.read_text())
     for key in [
-        "preprocess_png_ratio",
+        "shard_png_ratio",
+        "shard_tiff_ratio",
+        "shard_jpg_ratio",
         "loader_speedup_vs_png",
         "thresholds_100k_seconds",
         "dryrun_fullscale_seconds",
         "dryrun_demo_seconds",
         "classify_onnx_vs_torch_cpu",
         "duplicates_117k_seconds",
+        "codec_read_img_s_512",
+        "loader_img_s_per_worker_512",
+        "loader_img_s_per_worker_1024",
+        "loader_workers_for_1000_img_s_512",
+        "loader_workers_for_300_img_s_1024",
     ]:
         assert isinstance(res[key], (int, float)) and res[key] > 0, key
+    # codecs: every codec on every field kind at 512 and 1024 px; the real field where this clone has it
+    codecs = res["codecs"]
+    real = (REPO.parent / "shared" / "data" / "hpav18_sample").is_dir()
+    assert set(codecs["fields"]) == ({"real", "kaggle", "demo"} if real else {"demo"})
+    for sizes in codecs["fields"].values():
+        assert set(sizes) == {"512", "1024"} and all(set(by) == set(COMPRESSIONS) for by in sizes.values())
+    none = codecs["fields"]["demo"]["512"]["none"]
+    assert 0.99 < none["bytes_ratio"] < 1.01 and none["read_img_s"] > 0  # none stores the raw bytes
+    if real:
+        assert 0 < res["codec_bytes_ratio_real"] <= 1.01
     assert res["duplicates"]["exact_on_subset"] is True
     # the seed recipe's cost: 5 folds x 3 members; 31 + 73 + 12 shards of 1024 rows; bytes per codec; ratios
     jobs = res["recipe_jobs"]["seed"]

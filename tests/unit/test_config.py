@@ -35,7 +35,7 @@ def test_defaults_are_filled():
 def test_partly_given_resources_keep_the_other_defaults():
     cfg = validate_config({**copy.deepcopy(DEMO), "resources": {"train": {"mem_mb": 96000}}}, SCHEMA)
     assert cfg["resources"]["train"] == {"mem_mb": 96000, "threads": 8, "gpu": 1, "runtime": 1440}
-    assert cfg["resources"]["shard"] == {"threads": 1, "mem_mb": 4000, "runtime": 120}
+    assert cfg["resources"]["shard"] == {"threads": 2, "mem_mb": 4000, "runtime": 120}
     unknown = r"resources\.train\.cpus: unknown key \(allowed: gpu, mem_mb, runtime, threads\)"
     with pytest.raises(ConfigError, match=unknown):
         validate_config({**copy.deepcopy(DEMO), "resources": {"train": {"cpus": 2}}}, SCHEMA)
@@ -243,3 +243,13 @@ def test_policy_off_unquoted_in_yaml_means_off():
     assert validate_config(cfg, SCHEMA)["duplicates"]["policy"] == "off"
     with pytest.raises(ConfigError, match=r"duplicates\.policy: True is not one of"):
         validate_config({**copy.deepcopy(DEMO), "duplicates": {"policy": True}}, SCHEMA)
+
+
+def test_reduced_decode_is_for_jpg_datasets_only():
+    cfg = validate_config(edited(datasets__2__reduced_decode=True), SCHEMA)  # hpav18: jpg
+    assert cfg["datasets"][2]["reduced_decode"] is True and cfg["datasets"][0]["reduced_decode"] is False
+    for i, fmt in [(0, "png"), (1, "tiff")]:
+        with pytest.raises(ConfigError) as e:
+            validate_config(edited(**{f"datasets__{i}__reduced_decode": True}), SCHEMA)
+        assert str(e.value).startswith(f"datasets[{i}].reduced_decode: dataset "), str(e.value)
+        assert f"has format {fmt}; " in str(e.value) and "for jpg only" in str(e.value)

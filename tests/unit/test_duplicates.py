@@ -4,7 +4,9 @@ folds do with them, the leak report, and the duplicates the demo plants found by
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import h5py
@@ -16,7 +18,7 @@ import scipy.fftpack
 from PIL import Image
 
 from conftest import DATA, SHARED, needs_shared
-from hpaflow import duplicates
+from hpaflow import duplicates, hashing
 from hpaflow.demo import DemoSpec, make_demo, render, sample_label_sets
 from hpaflow.duplicates import (
     PAIR_COLUMNS,
@@ -35,7 +37,7 @@ from hpaflow.duplicates import (
 )
 from hpaflow.folds import assign_folds, folds_table, group_folds
 from hpaflow.h5names import FormatError
-from hpaflow.hashing import phash, phash_rgby
+from hpaflow.hashing import phash, phash_rgby, pillow_coefficients, shrink
 from hpaflow.io import read_rgby
 from hpaflow.labels import LabelTable, encode, read_labels
 from hpaflow.shards import ShardSpec, read_fields, read_shard, shard_hashes, write_shard
@@ -99,6 +101,92 @@ def test_phash_bit_order_is_dct_row_major_from_the_top_bit():
     plane = scipy.fftpack.idct(scipy.fftpack.idct(coefficients, axis=0), axis=1)
     plane = np.round(128 + plane / np.abs(plane).max() * 100).astype(np.uint8)
     assert int(phash(plane)) == sum(1 << (63 - int(k)) for k in chosen) == reference(plane)
+
+
+def pillow_shrunk(plane: np.ndarray) -> np.ndarray:
+    """Pillow's own 32 x 32 Lanczos shrink of a plane, as imagehash makes it."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(plane)).resize((32, 32), Image.Resampling.LANCZOS))
+
+
+def planes_of_every_kind(side: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """(H, W, 4) images: noise, flat planes (0, 255 and mid grey), a sparse demo field, a smooth ramp."""
+    ramp = np.add.outer(np.arange(side), np.arange(side)) * 255 // max(2 * side - 2, 1)
+    return [
+        rng.integers(0, 256, (side, side, 4), dtype=np.uint8),
+        np.stack([np.full((side, side), v, np.uint8) for v in (0, 255, 128, 7)], -1),
+        render(sample_label_sets(1, rng)[0], side, rng),
+        np.stack([ramp, ramp.T, 255 - ramp, ramp[::-1]], -1).astype(np.uint8),
+    ]
+
+
+@pytest.mark.parametrize("side", [512, 768, 1024, 2048, 500, 1000, 48, 33, 32, 31, 16, 5])
+def test_shrink_equals_pillow_and_phash_imagehash_at_every_side(side):
+    """Integer and non-integer scales, shrinking and enlarging (below 32 px), 32 px itself (not resampled)."""
+    rng = np.random.default_rng(side)
+    for rgby in planes_of_every_kind(side, rng):
+        small = shrink(np.ascontiguousarray(rgby.transpose(2, 0, 1)))
+        assert small.shape == (4, 32, 32) and small.dtype == np.uint8
+        for c in range(4):
+            assert np.array_equal(small[c], pillow_shrunk(rgby[:, :, c])), (side, c)
+        assert [int(h) for h in phash_rgby(rgby)] == [reference(np.ascontiguousarray(rgby[:, :, c])) for c in range(4)]
+
+
+def test_shrink_of_tiles_and_non_square_planes_equals_pillow():
+    """Planes that are not square (each side its own weights) and tiles cut from a real field."""
+    rgby = read_rgby(DATA, "89_B5_1", "jpg", 512)
+    for plane in [rgby[:100, :, 0], rgby[:, :48, 1], rgby[128:384, 256:512, 2], rgby[:32, :300, 3]]:
+        assert np.array_equal(shrink(np.ascontiguousarray(plane)[None])[0], pillow_shrunk(plane))
+        assert int(phash(plane)) == reference(np.ascontiguousarray(plane))
+    tiles = rgby.reshape(2, 256, 2, 256, 4).transpose(0, 2, 1, 3, 4).reshape(4, 256, 256, 4)
+    for tile in tiles:
+        assert [int(h) for h in phash_rgby(tile)] == [reference(np.ascontiguousarray(tile[:, :, c])) for c in range(4)]
+
+
+def test_pillow_coefficients_are_normalised_22_bit_lanczos_weights():
+    """512 -> 32: 16 px per output, a 97-tap window (support 3 x 16 each side) summing to 2**22 within rounding,
+    symmetric about the output's centre; edge outputs have clipped windows, renormalised."""
+    k = pillow_coefficients(512, 32)
+    assert k.shape == (512, 32) and k.dtype == np.int64
+    nonzero = [np.flatnonzero(k[:, j]) for j in range(32)]
+    assert (nonzero[16][0], nonzero[16][-1]) == (16 * 16 + 8 - 48, 16 * 16 + 8 + 47)  # centre 264, 96 taps
+    assert np.abs(k.sum(0) - (1 << 22)).max() <= 48  # one rounding of at most 1/2 per tap
+    assert np.array_equal(k[216:264, 16], k[264:312, 16][::-1])
+    assert nonzero[0][0] == 0 and k[:, 0].max() > k[:, 16].max()  # clipped at the left, larger weights
+
+
+@pytest.mark.parametrize("width", [512, 600, 1024, 2048])
+def test_horizontal_pass_equals_pillows_on_noise(width):
+    """The float32 pass with its exact recomputation near rounding steps, output by output against Pillow's
+    horizontal pass alone (a resize that keeps the height). Float32 alone misses ~1 in 40,000 of these."""
+    planes = np.random.default_rng(width).integers(0, 256, (2, 1024, width), dtype=np.uint8)
+    got = hashing._resample(planes.reshape(1, 2048, width), hashing._plan(width, 32)).reshape(2, 1024, 32)
+    for plane, mine in zip(planes, got):
+        assert np.array_equal(mine, np.asarray(Image.fromarray(plane).resize((32, 1024), Image.Resampling.LANCZOS)))
+
+
+def test_every_output_recomputed_exactly_or_none_gives_the_same_shrink(monkeypatch):
+    """The float32 products with the exact recomputation of the outputs near a rounding step: forced on every
+    output (a bound of 0.5 level), or on none with the whole pass exact (float64), the shrink is Pillow's."""
+    rng = np.random.default_rng(3)
+    planes = np.stack([rng.integers(0, 256, (600, 600), dtype=np.uint8), render([0, 25], 600, rng)[:, :, 1]])
+    want = np.stack([pillow_shrunk(p) for p in planes])
+    assert np.array_equal(shrink(planes), want)
+    for tol, share in [(0.5, 1.0), (0.5, 0.0)]:  # all outputs fixed one by one; all near: the exact pass
+        monkeypatch.setattr(hashing, "EXACT_SHARE", share)
+        horizontal = dataclasses.replace(hashing._plan(600, 32), tol=tol)
+        x = hashing._resample(planes.reshape(1, 1200, 600), horizontal).reshape(2, 600, 32)
+        t = np.ascontiguousarray(x.transpose(0, 2, 1)).reshape(1, 64, 600)
+        got = hashing._resample(t, dataclasses.replace(hashing._plan(600, 32), tol=tol)).reshape(2, 32, 32)
+        assert np.array_equal(got.transpose(0, 2, 1), want), (tol, share)
+
+
+def test_phash_on_threads_at_once_equals_one_thread():
+    """Each thread has its own work arrays: four threads hashing different fields get what one thread gets."""
+    rng = np.random.default_rng(5)
+    fields = [render(sample_label_sets(1, rng)[0], side, rng) for side in (512, 300, 512, 64) * 4]
+    want = [phash_rgby(f).tolist() for f in fields]
+    with ThreadPoolExecutor(4) as pool:
+        assert [h.tolist() for h in pool.map(phash_rgby, fields)] == want
 
 
 # --- the pair search --------------------------------------------------------------------------------

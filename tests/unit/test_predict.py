@@ -447,6 +447,42 @@ def test_each_crop_in_each_view_known_answer(tmp_path, normalize, tta_combine):
     assert np.abs(per_view[2] - per_view[0]).max() > 0.05
 
 
+def test_rows_of_a_compressed_shard_are_scored_as_by_hand(tmp_path):
+    """A blosc_lz4 shard (planes of rows repeated 8 times: its chunks really are compressed) is read and scored
+    in each view as computed by hand from the source planes."""
+    rng = np.random.default_rng(6)
+    ids, green = ["p", "q"], {}
+    for i in ids:
+        for c in ["red", "green", "blue", "yellow"]:
+            plane = np.repeat(rng.integers(0, 256, (5, 40), dtype=np.uint8), 8, axis=0)
+            cv2.imwrite(str(tmp_path / f"{i}_{c}.png"), plane)
+            if c == "green":
+                green[i] = plane
+    spec = ShardSpec(
+        dataset="ds", fmt="png", images_dir=str(tmp_path), role="test", image_size=40, compression="blosc_lz4"
+    )
+    write_shard(tmp_path / "s.h5", spec, ids, None)
+    with h5py.File(tmp_path / "s.h5") as h5:
+        assert h5["images"].id.get_storage_size() < 2 * 40 * 40 * 4 / 2
+    views = [0, 5]
+    _, probs, per_view = predict_rows(
+        PixelModel(),
+        model_config(image_size=40),
+        ShardRows.from_files([tmp_path / "s.h5"]),
+        torch.device("cpu"),
+        views,
+        "mean",
+        "mean",
+        batch_size=2,
+        workers=0,
+    )
+    for n, i in enumerate(ids):
+        expected = np.stack([by_hand(green[i], v) for v in views])
+        np.testing.assert_allclose(per_view[:, n], expected, atol=1e-6)
+        np.testing.assert_allclose(probs[n], expected.mean(0), atol=1e-6)
+    assert np.abs(per_view[1] - per_view[0]).max() > 0.05  # the views differ: one view for all cannot match
+
+
 def test_model_crops_only_for_models_with_a_crop_size():
     cfg = model_config(image_size=10, crop_size=4)
     assert model_crops(cfg, 4, "fixed", 0).tolist() == [[0, 0], [0, 6], [6, 0], [6, 6]]

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
+import hdf5plugin  # noqa: F401  registers the shard codecs' HDF5 filters (shards.COMPRESSIONS)
 import numpy as np
 import onnxruntime as ort
 import pandas as pd

@@ -93,7 +93,7 @@ class ShardDataset(Dataset):
             raise ValueError(f"crop_size {crop_size} must be between 1 and the image size {size}")
         self.rows, self.size, self.train, self.seed, self.crop_size = rows, size, train, seed, crop_size
         self.epoch = 0
-        self._handles: dict[int, h5py.File] = {}
+        self._handles: dict[int, h5py.Dataset] = {}
         self._pid = -1
 
     def set_epoch(self, epoch: int) -> None:
@@ -107,8 +107,10 @@ class ShardDataset(Dataset):
             self._handles, self._pid = {}, os.getpid()
         k = int(self.rows.file_index[i])
         if k not in self._handles:
-            self._handles[k] = h5py.File(self.rows.files[k], "r")
-        return self._handles[k][h5n.IMAGES][int(self.rows.row[i])]
+            # The images dataset is kept open (looking it up per read cost ~0.45 ms, a third of a 512 px read);
+            # no chunk cache: rows are read in random order, each once an epoch, one row per chunk.
+            self._handles[k] = h5py.File(self.rows.files[k], "r", rdcc_nbytes=0)[h5n.IMAGES]
+        return self._handles[k][int(self.rows.row[i])]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = resize(self.read(i), self.size)

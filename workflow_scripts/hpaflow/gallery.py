@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import h5py
+import hdf5plugin  # noqa: F401  registers the shard codecs' HDF5 filters (shards.COMPRESSIONS)
 import numpy as np
 
 from . import h5names as h5n

@@ -11,17 +11,33 @@ A shard `results/shards/{dataset}/{index}.h5` holds, for rows i = 0..N-1:
   labels      uint8 (N, 28)    train datasets only
 and attributes format_version (h5names.SHARD_FORMAT), channel_order, image_size, tile_size, tiling,
 source_format, dataset, role. Without tiling, every row is one image and tile_origin is (0, 0).
+
+Codecs (`hdf5_compression`, `COMPRESSIONS`): the images chunks are plain HDF5 filters. lzf and gzip
+are built into h5py; the blosc, blosc2 and bitshuffle filters come from hdf5plugin, which this
+module imports: importing it registers them with HDF5, so every reader of shards imports this
+module (or hdf5plugin) before h5py reads a row. Planning (rules/common.smk, in the launcher env)
+must not import this module.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import cv2
 import h5py
+import hdf5plugin  # registers the blosc, blosc2 and bitshuffle filters with HDF5: shards read anywhere
 import numpy as np
 
 from . import h5names as h5n
@@ -31,13 +47,44 @@ from .io import ImageError, Uint16Scaling, read_rgby
 from .labels import NUM_CLASSES
 from .progress import Progress
 
+if TYPE_CHECKING:
+    from threadpoolctl import ThreadpoolController
+
 log = logging.getLogger("hpaflow")
 
-# Random reads of one 512 px RGBY image, measured here: none 0.3 ms, lzf 2.7 ms, gzip 4.0 ms;
-# so the default is none (both codecs are built into h5py: no plugin needed on compute nodes).
-COMPRESSIONS = {"none": {}, "lzf": {"compression": "lzf"}, "gzip": {"compression": "gzip", "compression_opts": 4}}
+# One blosc2 block per chunk (64 MiB: rows up to 4096 px). The plugin's default blocks (256 KiB, or
+# what c-blosc2's tuner picks for the level) are n-dimensional (b2nd) in chunks of rank > 1, and
+# stitching them back (copy4dim) makes reads ~4x slower; a whole-chunk block decodes in one piece.
+BLOSC2_BLOCK_BYTES = 1 << 26
+
+
+def blosc2_whole_chunk(cname: str, clevel: int) -> dict:
+    """hdf5plugin.Blosc2 without shuffle (on 1-byte items it changes nothing, yet c-blosc2 runs it as
+    a byte loop that halves reads) and with one block per chunk (filter value 1: block bytes)."""
+    opts = list(hdf5plugin.Blosc2(cname=cname, clevel=clevel, filters=hdf5plugin.Blosc2.NOFILTER).filter_options)
+    opts[1] = BLOSC2_BLOCK_BYTES
+    return {"compression": hdf5plugin.Blosc2.filter_id, "compression_opts": tuple(opts)}
+
+
+# hdf5_compression -> create_dataset kwargs of the images (the schema's enum is these keys). Measured
+# on a real HPAv18 field at 512 px (benchmarks/README.md, "Issue 23"): bytes of raw, random single-row
+# reads per core. none 1.0, 4,200-5,600 img/s; blosc_lz4 and blosc2_lz4 0.55, 1,300-2,000; bitshuffle_lz4
+# 0.51, 430-650; blosc2_zstd 0.45, 470-570; lzf 0.55, ~190; gzip 0.46, ~130. Levels (reads do not change
+# with them): gzip 4 (6 saves 1% at 0.75x the writes); blosc lz4 9 (the fewest bytes; writes still 15x the
+# shard job's decoding); blosc2 lz4 5; blosc2 zstd 1 (3 saves nothing, 7 writes 10x slower). No byte
+# shuffle: on uint8 rows it is the identity.
+COMPRESSIONS: dict[str, Mapping] = {
+    "none": {},
+    "lzf": {"compression": "lzf"},
+    "gzip": {"compression": "gzip", "compression_opts": 4},
+    "blosc_lz4": hdf5plugin.Blosc(cname="lz4", clevel=9, shuffle=hdf5plugin.Blosc.NOSHUFFLE),
+    "blosc2_lz4": blosc2_whole_chunk("lz4", 5),
+    "blosc2_zstd": blosc2_whole_chunk("zstd", 1),
+    "bitshuffle_lz4": hdf5plugin.Bitshuffle(cname="lz4"),  # bit planes of 8 bytes: the lz4 codec that packs most
+}
 MAX_ERRORS_SHOWN = 20
 WRITE_BLOCK = 16  # images per HDF5 write call
+PREFETCH_PER_THREAD = 2  # Ids in flight per thread of a shard job: one being worked on, one waiting
 
 
 @dataclass(frozen=True)
@@ -54,6 +101,7 @@ class ShardSpec:
     compression: str = "none"
     bits: int = 16  # significant bits of uint16 sources
     bits_key: str = "bits"  # the config key that sets `bits` (`datasets[1].bits`, `classify.bits`): warnings name it
+    reduced_decode: bool = False  # jpg: libjpeg's scaled decode before the resize (datasets[].reduced_decode)
 
     @property
     def row_size(self) -> int:
@@ -73,22 +121,117 @@ def cut_tiles(rgby: np.ndarray, spec: ShardSpec) -> tuple[np.ndarray, np.ndarray
     return tiles, origins
 
 
+@dataclass
+class _Prepared:
+    """One Id as a worker leaves it: its rows and what they carry, or why it failed; and what it saw of
+    the uint16 data and the source side, merged in Id order by the writer."""
+
+    scaling: Uint16Scaling
+    sources: list[int]
+    error: str | None = None
+    tiles: np.ndarray | None = None  # (T, s, s, 4) C-contiguous: each row is one chunk as it lies
+    origins: np.ndarray | None = None
+    hashes: np.ndarray | None = None
+    digests: list[int] | None = None
+
+
+def _prepare(spec: ShardSpec, image_id: str, check_only: threading.Event) -> _Prepared:
+    """Decode, check, resize, hash and digest one Id (a worker's share; no HDF5 here)."""
+    from .hashing import phash_rgby  # scipy and Pillow: jobs that write shards need them, readers do not
+
+    p = _Prepared(Uint16Scaling(spec.bits, spec.bits_key), [])
+    try:
+        rgby = read_rgby(
+            spec.images_dir, image_id, spec.fmt, spec.image_size, p.scaling, p.sources, spec.reduced_decode
+        )
+    except ImageError as e:
+        p.error = str(e)
+        return p
+    if not check_only.is_set():  # once an Id failed, only checking goes on: the file is dropped
+        tiles, p.origins = cut_tiles(rgby, spec)
+        p.tiles = np.ascontiguousarray(tiles)
+        p.hashes = phash_rgby(rgby)
+        p.digests = [row_digest(t) for t in p.tiles]
+    return p
+
+
+def _prepared(spec: ShardSpec, ids: list[str], threads: int, check_only: threading.Event) -> Iterator[_Prepared]:
+    """Each Id prepared, in order: inline with one thread, else on a pool of `threads` with at most
+    PREFETCH_PER_THREAD Ids per thread in flight (memory: a few images each)."""
+    if threads <= 1:
+        for image_id in ids:
+            yield _prepare(spec, image_id, check_only)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="shard") as pool:
+        todo = iter(ids)
+        pending = deque(pool.submit(_prepare, spec, i, check_only) for i in islice(todo, PREFETCH_PER_THREAD * threads))
+        try:
+            while pending:
+                done = pending.popleft().result()
+                for image_id in islice(todo, 1):
+                    pending.append(pool.submit(_prepare, spec, image_id, check_only))
+                yield done
+        finally:  # an error (or the writer's): nothing more starts; the running ones end with the pool
+            for f in pending:
+                f.cancel()
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController | None:
+    """threadpoolctl's view of the loaded BLAS libraries (scanning them costs ~3 ms: once), or None where
+    threadpoolctl is missing (the classify env): there BLAS runs as Snakemake's OPENBLAS_NUM_THREADS (the
+    job's threads) says."""
+    try:
+        from threadpoolctl import ThreadpoolController  # scikit-learn's: in the data env
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+@contextmanager
+def one_thread_each() -> Iterator[None]:
+    """cv2 and BLAS on one thread each while it lasts (restored after): a job's parallelism is its pool
+    of `threads` images, and their own pools on top would oversubscribe the job's cores."""
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    controller = _blas_controller()
+    try:
+        with controller.limit(limits=1, user_api="blas") if controller else nullcontext():
+            yield
+    finally:
+        cv2.setNumThreads(previous)
+
+
+def _merge(total: Uint16Scaling, part: Uint16Scaling) -> None:
+    total.planes += part.planes
+    total.peak = max(total.peak, part.peak)
+    total.clipped += part.clipped
+
+
 def write_shard(
-    out: str | Path, spec: ShardSpec, ids: list[str], labels: np.ndarray | None, shard_index: int = 0
+    out: str | Path,
+    spec: ShardSpec,
+    ids: list[str],
+    labels: np.ndarray | None,
+    shard_index: int = 0,
+    threads: int = 1,
 ) -> None:
     """Decode, check and resize every Id's 4 channels and write one shard atomically.
 
     Every Id is checked; if any fails, the job raises one error listing them all and
-    no shard file is left behind.
+    no shard file is left behind. With `threads` > 1, Ids are decoded, resized, hashed and digested
+    on that many threads at once, and written in order by this one: the file's content is the same
+    for any `threads`.
     """
-    from .hashing import phash_rgby  # scipy and Pillow: jobs that write shards need them, readers do not
-
     if spec.role == "train" and labels is None:
         raise ValueError(f"dataset {spec.dataset}: train shards need labels")
     n_rows = len(ids) * spec.tiles_per_image
     s = spec.row_size
     errors: list[str] = []
     progress = Progress(len(ids), f"shard {spec.dataset}/{shard_index}", "images", log=log)
+    # Uncompressed rows go to HDF5 as raw chunks (one per row): half the cost of a dataset write.
+    direct = not COMPRESSIONS[spec.compression]
+    check_only = threading.Event()
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as h5:
             images = h5.create_dataset(
@@ -97,31 +240,34 @@ def write_shard(
             origin = np.zeros((n_rows, 2), np.int32)
             hashes = np.zeros((n_rows, 4), np.uint64)
             row_digests = np.zeros(n_rows, np.uint64)
-            # Rows go to HDF5 in blocks: one write call per image costs more than the copy.
-            block = np.empty((WRITE_BLOCK * spec.tiles_per_image, s, s, 4), np.uint8)
+            # Compressed rows go in blocks: one write call per image costs more than the copy.
+            block = None if direct else np.empty((WRITE_BLOCK * spec.tiles_per_image, s, s, 4), np.uint8)
             row = filled = 0
             scaling = Uint16Scaling(spec.bits, spec.bits_key)
             sources: list[int] = []  # side of each source field, to count those enlarged over 2x
-            for image_id in ids:
-                try:
-                    rgby = read_rgby(spec.images_dir, image_id, spec.fmt, spec.image_size, scaling, sources)
-                    tiles, origins = cut_tiles(rgby, spec)
-                    hashes[row : row + len(tiles)] = phash_rgby(rgby)
-                except ImageError as e:
-                    errors.append(str(e))
+            with one_thread_each(), closing(_prepared(spec, ids, threads, check_only)) as prepared:
+                for p in prepared:
+                    _merge(scaling, p.scaling)
+                    sources += p.sources
+                    if p.error is not None:
+                        errors.append(p.error)
+                        check_only.set()
+                    elif not errors:
+                        n = len(p.tiles)
+                        origin[row : row + n] = p.origins
+                        hashes[row : row + n] = p.hashes
+                        row_digests[row : row + n] = p.digests
+                        if block is None:
+                            for t, tile in enumerate(p.tiles):
+                                images.id.write_direct_chunk((row + t, 0, 0, 0), tile)
+                        else:
+                            block[filled : filled + n] = p.tiles
+                            filled += n
+                            if filled == len(block):
+                                images[row + n - filled : row + n] = block
+                                filled = 0
                     row += spec.tiles_per_image
                     progress.update()
-                    continue
-                if not errors:  # once one Id failed only checking goes on; the file is dropped
-                    block[filled : filled + len(tiles)] = tiles
-                    origin[row : row + len(tiles)] = origins
-                    row_digests[row : row + len(tiles)] = [row_digest(t) for t in tiles]
-                    filled += len(tiles)
-                    if filled == len(block):
-                        images[row + len(tiles) - filled : row + len(tiles)] = block
-                        filled = 0
-                row += len(tiles)
-                progress.update()
             if filled and not errors:
                 images[row - filled : row] = block[:filled]
             if errors:
