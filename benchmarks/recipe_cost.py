@@ -37,6 +37,7 @@ import numpy as np
 # This clone's package, whatever venv runs the benchmark (a venv may serve several clones).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
 
+from hpaflow.shards import COMPRESSIONS  # noqa: E402
 from hpaflow.transforms import CHANNELS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ RECIPES = REPO / "config" / "recipes"
 SCHEMA = REPO / "config" / "schemas" / "config.schema.yaml"
 SHARED = REPO.parent / "shared" / "data"
 REAL_FIELD = ("hpav18_sample", "89_B5_1")  # one real HPAv18 field, 1728 px JPEGs (../shared/data/README.md)
-CODECS = ("none", "lzf", "gzip")
+CODECS = tuple(COMPRESSIONS)  # every hdf5_compression codec
 REFERENCE = ("resnet18", 512)  # the step every member's step time is divided by
 STEP_BATCH = 2
 # Rows of the competition's csvs (../shared/data/README.md): where a machine lacks the files (the GPU one).
@@ -232,7 +233,11 @@ def lay_out_weights(d: Path, backbones: list[str]) -> None:
 
 def plan_jobs(recipe: Recipe, workflow: Path, data: Path, weights: Path) -> dict[str, int]:
     """`snakemake -n` of the recipe against data (csvs) and weights -> jobs per rule."""
-    lay_out_weights(weights, [m["backbone"] for m in recipe.config["models"] if m["pretrained"]])
+    backbones = [m["backbone"] for m in recipe.config["models"] if m["pretrained"]]
+    transfer = recipe.config.get("transfer", {})
+    if transfer.get("enabled") and transfer.get("pretrained"):  # the embed job's backbone (label transfer)
+        backbones.append(transfer["backbone"])
+    lay_out_weights(weights, backbones)
     cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--configfile", str(recipe.path)]
     cmd += ["--config", f"data_root={data}", f"pretrained_dir={weights}"]
     proc = subprocess.run(cmd, cwd=workflow, capture_output=True, text=True)
@@ -570,7 +575,7 @@ def cost_table(res: dict, gpu: dict | None = None) -> str:
     out += [f"| {k} | " + " | ".join(str(res["recipe_jobs"][n].get(k, 0)) for n in names) + " |" for k in rules]
     out += ["| **total** | " + " | ".join(f"**{res['recipe_jobs'][n]['total']}**" for n in names) + " |", ""]
 
-    out += ["| shards | side | images | none | lzf | gzip |", "|---|---|---|---|---|---|"]
+    out += ["| shards | side | images | " + " | ".join(CODECS) + " |", "|---" * (len(CODECS) + 3) + "|"]
     for n in names:
         disk = res["recipe_shard_bytes"][n]
         side = res["recipe_plan"][n]["shard_side"]
