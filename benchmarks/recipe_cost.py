@@ -575,12 +575,14 @@ def cost_table(res: dict, gpu: dict | None = None) -> str:
     out += [f"| {k} | " + " | ".join(str(res["recipe_jobs"][n].get(k, 0)) for n in names) + " |" for k in rules]
     out += ["| **total** | " + " | ".join(f"**{res['recipe_jobs'][n]['total']}**" for n in names) + " |", ""]
 
-    out += ["| shards | side | images | " + " | ".join(CODECS) + " |", "|---" * (len(CODECS) + 3) + "|"]
+    # The codecs the result holds (one written before a codec existed lacks it), in registry order.
+    codecs = [c for c in CODECS if all(c in res["recipe_shard_bytes"][n] for n in names)]
+    out += ["| shards | side | images | " + " | ".join(codecs) + " |", "|---" * (len(codecs) + 3) + "|"]
     for n in names:
         disk = res["recipe_shard_bytes"][n]
         side = res["recipe_plan"][n]["shard_side"]
         images = sum(res["recipe_images"][n].values())
-        out.append(f"| {n} | {side} | {images:,} | " + " | ".join(f"{disk[c] / 1e9:,.0f} GB" for c in CODECS) + " |")
+        out.append(f"| {n} | {side} | {images:,} | " + " | ".join(f"{disk[c] / 1e9:,.0f} GB" for c in codecs) + " |")
     out.append("")
 
     if "recipe_step_ratios" in res:

@@ -25,6 +25,16 @@ SHARED = REPO.parent / "shared" / "data"
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
+def write_noise_pngs(folder: Path, ids: list[str], rng, side: int = 32) -> None:
+    """Kaggle-style PNG fields of uniform noise: each Id's 4 channel files in folder."""
+    import cv2
+    import numpy as np
+
+    for i in ids:
+        for c in ["red", "green", "blue", "yellow"]:
+            cv2.imwrite(str(Path(folder) / f"{i}_{c}.png"), rng.integers(0, 256, (side, side), dtype=np.uint8))
+
+
 def workflow_config(name: str = "tiny") -> dict:
     """A workflow test config (tests/configs/{name}.yaml): an overlay whose top-level keys replace those of
     tiny.yaml, itself an overlay over the shipped demo config (config/config.yaml)."""

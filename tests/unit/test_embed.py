@@ -8,7 +8,6 @@ import json
 import logging
 import math
 
-import cv2
 import h5py
 import numpy as np
 import pandas as pd
@@ -16,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, KillAfterEpoch, Preempted
+from conftest import REPO, KillAfterEpoch, Preempted, write_noise_pngs
 from hpaflow import h5names as h5n
 from hpaflow.config import validate_config
 from hpaflow.duplicates import PAIR_COLUMNS
@@ -189,18 +188,12 @@ def test_holdout_split_is_drawn_from_seed_disjoint_and_sized():
 # --- the job on tiny shards ------------------------------------------------------------------------------------
 
 
-def write_pngs(folder, ids, rng) -> None:
-    for i in ids:
-        for c in ["red", "green", "blue", "yellow"]:
-            cv2.imwrite(str(folder / f"{i}_{c}.png"), rng.integers(0, 256, (32, 32), dtype=np.uint8))
-
-
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, one_torch_thread):
     """Shards (real writer, 32 px) of HPAv18 (two shards), Kaggle train and Kaggle test, and duplicates.csv."""
     d = tmp_path_factory.mktemp("embed")
     rng = np.random.default_rng(0)
-    write_pngs(d, sorted(set(HPA_IDS + KAGGLE_IDS + TEST_IDS)), rng)
+    write_noise_pngs(d, sorted(set(HPA_IDS + KAGGLE_IDS + TEST_IDS)), rng)
     labels = (rng.random((len(HPA_IDS) + 4, 28)) < 0.2).astype(np.uint8)
     shards = {"hpav18": [str(d / "h0.h5"), str(d / "h1.h5")], "kaggle_train": [str(d / "k.h5")]}
     write_shard(shards["hpav18"][0], ShardSpec("hpav18", "png", str(d), "train", 32), HPA_IDS[:10], labels[:10])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +13,7 @@ import torch
 import yaml
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import REPO, KillAfterEpoch, Preempted
+from conftest import REPO, KillAfterEpoch, Preempted, write_noise_pngs
 from hpaflow.config import validate_config
 from hpaflow.schedules import Schedule, accumulation_plan, batch_sizes, lr_at
 from hpaflow.shards import ShardSpec, write_shard
@@ -201,9 +200,7 @@ def tiny_job(tmp_path_factory, one_torch_thread):
     d = tmp_path_factory.mktemp("shards")
     rng = np.random.default_rng(0)
     ids = [f"f{i:02d}" for i in range(12)]
-    for i in ids:
-        for c in ["red", "green", "blue", "yellow"]:
-            cv2.imwrite(str(d / f"{i}_{c}.png"), rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    write_noise_pngs(d, ids, rng)
     labels = (rng.random((12, 28)) < 0.2).astype(np.uint8)
     write_shard(d / "train.h5", ShardSpec("ds", "png", str(d), "train", 32), ids, labels)
     (d / "folds.csv").write_text("Id,dataset,fold\n" + "".join(f"{i},ds,{int(k >= 4)}\n" for k, i in enumerate(ids)))

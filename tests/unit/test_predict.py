@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_noise_pngs
 from hpaflow.data import ShardRows
 from hpaflow.h5names import CHECKPOINT_FORMAT, FormatError
 from hpaflow.models import build_model
@@ -50,9 +51,7 @@ PREDICT = PredictSettings(
 def tiled_shards(tmp_path):
     rng = np.random.default_rng(0)
     ids = ["a", "b", "c", "d"]
-    for i in ids:
-        for c in ["red", "green", "blue", "yellow"]:
-            cv2.imwrite(str(tmp_path / f"{i}_{c}.png"), rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    write_noise_pngs(tmp_path, ids, rng)
     spec = dict(dataset="ds", fmt="png", images_dir=str(tmp_path), image_size=32, tiling="grid", tile_size=16)
     labels = np.eye(28, dtype=np.uint8)[[1, 2, 3, 4]]
     write_shard(tmp_path / "train.h5", ShardSpec(role="train", **spec), ids, labels)

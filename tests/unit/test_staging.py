@@ -9,14 +9,13 @@ import os
 import shutil
 from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from conftest import REPO, copy_workflow, run_snakemake, workflow_config, write_config
+from conftest import REPO, copy_workflow, run_snakemake, workflow_config, write_config, write_noise_pngs
 from hpaflow.config import validate_config
 from hpaflow.predict import PredictSettings, run_predict
 from hpaflow.shards import ShardSpec, write_shard
@@ -175,9 +174,7 @@ def tiny_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("staged")
     rng = np.random.default_rng(0)
     ids = [f"f{i:02d}" for i in range(15)]
-    for i in ids:
-        for c in ["red", "green", "blue", "yellow"]:
-            cv2.imwrite(str(d / f"{i}_{c}.png"), rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    write_noise_pngs(d, ids, rng)
     labels = (rng.random((12, 28)) < 0.2).astype(np.uint8)
     shards = d / "results" / "shards"
     (shards / "ds").mkdir(parents=True)
