@@ -85,6 +85,12 @@ class Uint16Scaling:
         self.clipped += peak > (1 << self.bits) - 1
         return uint16_to_uint8(img, self.bits)
 
+    def merge(self, other: Uint16Scaling) -> None:
+        """Add what `other` saw (a shard job's worker threads each keep their own)."""
+        self.planes += other.planes
+        self.peak = max(self.peak, other.peak)
+        self.clipped += other.clipped
+
     def warning(self) -> str | None:
         if not self.planes:
             return None

@@ -202,12 +202,6 @@ def one_thread_each() -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def _merge(total: Uint16Scaling, part: Uint16Scaling) -> None:
-    total.planes += part.planes
-    total.peak = max(total.peak, part.peak)
-    total.clipped += part.clipped
-
-
 def write_shard(
     out: str | Path,
     spec: ShardSpec,
@@ -247,7 +241,7 @@ def write_shard(
             sources: list[int] = []  # side of each source field, to count those enlarged over 2x
             with one_thread_each(), closing(_prepared(spec, ids, threads, check_only)) as prepared:
                 for p in prepared:
-                    _merge(scaling, p.scaling)
+                    scaling.merge(p.scaling)
                     sources += p.sources
                     if p.error is not None:
                         errors.append(p.error)
