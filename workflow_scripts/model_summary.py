@@ -1,5 +1,5 @@
 from hpaflow.runlog import logged
-from hpaflow.summary import assemble_model, save_predictions
+from hpaflow.summary import assemble_model, save_predictions, summary_attrs
 
 with logged(snakemake.log[0]) as log:
     p = assemble_model(list(snakemake.input.predictions), snakemake.input.folds)
@@ -10,4 +10,5 @@ with logged(snakemake.log[0]) as log:
         len(p.test_ids),
         len(snakemake.input.predictions),
     )
-    save_predictions(p, snakemake.output[0], {"model": snakemake.wildcards.model})
+    attrs = summary_attrs(snakemake.wildcards.model, list(snakemake.input.predictions))
+    save_predictions(p, snakemake.output[0], attrs)

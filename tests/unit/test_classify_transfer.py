@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from hpaflow import h5names as h5n
+from hpaflow import versions
 from hpaflow.classify import TRANSFER_COLUMNS, model_input, run_classify
 from hpaflow.data import ShardRows
 from hpaflow.embed import embed_rows
@@ -293,7 +294,12 @@ def test_a_package_without_transfer_is_as_before(tiny):
         ["ensemble.onnx", "thresholds.json", "classes.json", "preprocessing.json", "README.md"]
         + ["rdf.yaml", "test_input.npy", "test_output.npy", "cover.png"]
     )
-    assert "Label transfer" not in (tiny.without / "README.md").read_text()
+    readme = (tiny.without / "README.md").read_text()
+    assert "Label transfer" not in readme
+    # metrics.json from before the stamps (METRICS has none): the export job's own environment alone.
+    torch_version = versions.environment_versions()["packages"]["torch"]
+    assert "\n## Software versions\n" in readme and "| package | export |" in readme
+    assert f"| torch | {torch_version} |" in readme
 
 
 def flip_byte(path: Path) -> None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from conftest import REPO, KillAfterEpoch, Preempted, write_noise_pngs
 from hpaflow import h5names as h5n
+from hpaflow import versions
 from hpaflow.config import validate_config
 from hpaflow.duplicates import PAIR_COLUMNS
 from hpaflow.embed import (
@@ -281,6 +282,7 @@ def test_embeddings_file_has_every_field_in_the_layout(job, straight):
     expected = retrieval_accuracy(h5[h5n.EMBEDDINGS][held_rows], h5[h5n.EMB_GROUP][held_rows])
     assert h5["attrs"][h5n.EMB_RETRIEVAL] == pytest.approx(expected)
     assert [r["epoch"] for r in json.loads(h5["attrs"]["history"])] == [1, 2, 3]
+    assert versions.read_stamp(h5["attrs"]) == versions.environment_versions()  # the embed job's environment
 
 
 def test_no_test_field_is_ever_trained_on(job, straight, tmp_path):

@@ -17,6 +17,7 @@ import yaml
 
 from conftest import REPO
 from hpaflow import h5names as h5n
+from hpaflow import versions
 from hpaflow.config import ConfigError, check_exportable, validate_config
 from hpaflow.data import ShardRows
 from hpaflow.ensemble import weighted_mean
@@ -31,6 +32,7 @@ from hpaflow.export import (
     crops_phrase,
     export_onnx,
     member_weights,
+    package_readme,
     preprocessing,
     write_package,
 )
@@ -233,6 +235,21 @@ METRICS = {
     "ensemble": {"f1_cross_fitted": 0.3, "f1_at_0.5": 0.2, "final_method": "per_class"},
     "prior_baseline": {"f1": 0.05},
 }
+
+
+def test_the_readme_lists_each_stages_key_packages_and_says_where_the_full_lists_are():
+    here = versions.environment_versions()
+    node = {**here, "packages": {**here["packages"], "torch": "2.13.0"}}
+    software = versions.merge({"train and predict": [here, node], "ensemble": [here], "export": [here]})
+    readme = package_readme(METRICS, ["m"], 2, SIZE, VIEWS, software=software)
+    section = readme.split("\n## Software versions\n", 1)[1]
+    assert "results/metrics.json" in section
+    table = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ")]
+    rows = {row[0].strip(): [c.strip() for c in row[1:]] for row in table}
+    torch_version = here["packages"]["torch"]
+    assert rows["package"] == ["train and predict", "ensemble", "export"]
+    assert rows["torch"] == [f"{torch_version} / 2.13.0", torch_version, torch_version]
+    assert "## Software versions" not in package_readme(METRICS, ["m"], 2, SIZE, VIEWS)
 
 
 def demo_config(**changes) -> dict:

@@ -14,6 +14,7 @@ import yaml
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import REPO, KillAfterEpoch, Preempted, write_noise_pngs
+from hpaflow import versions
 from hpaflow.config import validate_config
 from hpaflow.schedules import Schedule, accumulation_plan, batch_sizes, lr_at
 from hpaflow.shards import ShardSpec, write_shard
@@ -240,6 +241,7 @@ def test_averaging_the_last_epochs_resumes_exactly_and_is_the_mean(tiny_job, tmp
     assert "average of epochs 2-3, BatchNorm statistics recomputed on 8 training images" in caplog.text
     best = torch.load(tmp_path / "straight" / "best.pt", weights_only=False)
     assert best["averaged_epochs"] == [2, 3] and best["val_f1"] == straight["best_f1"]
+    assert best["software_versions"] == versions.environment_versions()  # what trained it, for the report
     assert len(pd.read_csv(tmp_path / "straight" / "metrics.csv")) == 3  # one row per epoch
 
     killer = KillAfterEpoch(2, "epoch %d/%d: train loss")

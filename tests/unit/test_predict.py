@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import write_noise_pngs
+from hpaflow import versions
 from hpaflow.data import ShardRows
 from hpaflow.h5names import CHECKPOINT_FORMAT, FormatError
 from hpaflow.models import build_model
@@ -107,6 +108,17 @@ def test_run_predict_aggregates_tiles_and_keeps_views(tmp_path, caplog):
         assert np.allclose(h5["test/probs"][1], probs[0], atol=1e-6)
         assert h5.attrs["views"].tolist() == [0, 3, 6] and h5.attrs["tta_combine"] == "max"
         assert h5.attrs["model"] == "m" and h5.attrs["fold"] == 1 and h5.attrs["tile_combine"] == "mean"
+
+
+def test_predictions_carry_the_train_jobs_environment_from_the_checkpoint(tmp_path):
+    """What trained the model (best.pt's software_versions, another env here) and what predicted (this one) both
+    reach the report through the predictions; a checkpoint from before the stamps adds only the predict job's."""
+    tiled_shards(tmp_path)
+    other = {"python": "3.11.0", "platform": "Linux-x86_64", "packages": {"torch": "2.13.0"}}
+    out = predict(tmp_path, checkpoint(tmp_path / "best.pt", train_ids=["a", "d"], software_versions=other), 1)
+    assert versions.recorded([out]) == [versions.environment_versions(), other]
+    out = predict(tmp_path, checkpoint(tmp_path / "old.pt", train_ids=["a", "d"]), 1)
+    assert versions.recorded([out]) == [versions.environment_versions()]
 
 
 def test_without_test_shards_only_out_of_fold_rows_are_written_and_views_only_on_request(tmp_path):
@@ -391,6 +403,7 @@ def test_write_predictions_stores_float32_probabilities_and_only_the_parts_given
         assert sorted(h5["test"]) == ["ids", "probs"] and h5["test/ids"].shape == (0,)
         assert h5["test/probs"].shape == (0, 2)
         assert h5.attrs["model"] == "m" and h5.attrs["fold"] == 3
+        assert versions.read_stamp(h5.attrs) == versions.environment_versions()  # the predict job's environment
     assert [f.name for f in tmp_path.iterdir()] == ["p.h5"]  # written whole, no temporary left behind
 
 

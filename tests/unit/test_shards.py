@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO
 from hpaflow import h5names as h5n
+from hpaflow import versions
 from hpaflow.data import ShardDataset, ShardRows
 from hpaflow.h5names import FormatError
 from hpaflow.io import ImageError
@@ -72,6 +73,7 @@ def test_contents_match_resized_source(tmp_path, compression):
     assert s.attrs["channel_order"] == "RGBY" and s.attrs["image_size"] == 32
     with h5py.File(out) as h5:
         assert h5["images"].chunks == (1, 32, 32, 4)
+        assert versions.read_stamp(h5.attrs) == versions.environment_versions()  # what wrote it
 
 
 def test_grid_tiles_reassemble(tmp_path):

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hpaflow import h5names as h5n
+from hpaflow import versions
 from hpaflow.ensemble import EnsembleSettings, combine_models, fit_weights, run_ensemble, weighted_mean
 from hpaflow.labels import CLASS_NAMES
 from hpaflow.predict import write_predictions
@@ -21,6 +23,7 @@ from hpaflow.summary import (
     prior_baseline_f1,
     save_predictions,
     score,
+    summary_attrs,
 )
 from hpaflow.thresholds import ThresholdSettings, apply, fit
 
@@ -269,6 +272,26 @@ def test_assemble_model_checks_its_inputs(tmp_path):
         assemble_model([files[0], files_b[1]], str(tmp_path / "folds.csv"))
 
 
+def test_the_predict_jobs_environments_reach_metrics_json_through_the_summaries(tmp_path):
+    """Predictions stamped by their jobs -> a summary carrying their one environment (2 jobs), none of its own ->
+    metrics.json's software_versions: train and predict (2 jobs), ensemble (this job). A summary from before the
+    stamps (model old) adds nothing and still reads."""
+    files, *_ = fold_files(tmp_path)
+    attrs = summary_attrs("m", files)
+    here = versions.environment_versions()
+    assert attrs["model"] == "m" and h5n.SOFTWARE_VERSIONS not in attrs
+    assert versions.read_stamp(attrs, h5n.SOFTWARE_VERSIONS_INPUTS) == [{**here, "jobs": 2}]
+    p = assemble_model(files, str(tmp_path / "folds.csv"))
+    save_predictions(p, tmp_path / "m.h5", attrs)
+    save_predictions(p, tmp_path / "old.h5", {"model": "old"})
+    out = [str(tmp_path / name) for name in ("e.h5", "metrics.json", "t.csv")]
+    settings = EnsembleSettings.from_config({**SETTINGS, "ensemble": {"weights": "equal", "weight_step": 0.25}})
+    m = run_ensemble({"m": str(tmp_path / "m.h5"), "old": str(tmp_path / "old.h5")}, settings, *out)
+    expected = {"train and predict": [{**here, "jobs": 2}], "ensemble": [{**here, "jobs": 1}]}
+    assert m["software_versions"] == expected
+    assert json.loads((tmp_path / "metrics.json").read_text())["software_versions"] == expected
+
+
 def test_metrics_json_figures_are_the_known_answers(tmp_path):
     """Every figure of metrics.json recomputed from the saved inputs: thresholds.fit/apply for the
     fits, scikit-learn for the F1s, label counts / 300 for the rates (rounded as documented)."""
@@ -486,11 +509,15 @@ def test_metrics_json_carries_the_leak_report_only_when_given(tmp_path):
         "folds",
         "duplicates",
         "ensemble",
+        "software_versions",
     }
     m = spread_ensemble(tmp_path)
     on_disk = json.loads((tmp_path / "m.json").read_text())
     assert "duplicates" not in m and "duplicates" not in on_disk
-    assert set(on_disk) == {"n_train", "n_test", "training_frequency", "prior_baseline", "models", "folds", "ensemble"}
+    assert set(on_disk) == {
+        *("n_train", "n_test", "training_frequency", "prior_baseline", "models", "folds", "ensemble"),
+        "software_versions",
+    }
 
 
 def test_an_unknown_weighting_is_an_error_naming_the_key():

@@ -15,6 +15,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from hpaflow import h5names as h5n
+from hpaflow import versions
 from hpaflow.labels import NUM_CLASSES
 from hpaflow.layout import indexed_shards
 from hpaflow.metrics import macro_f1
@@ -340,6 +341,21 @@ def test_run_transfer_fixed_tau(case):
     assert m["f1_cross_fitted_with_transfer"] == pytest.approx(want_f1)  # nothing replaced
     assert m["retrieval_accuracy"] == 0.75
     assert "0.99" in m["why"]
+
+
+def test_transfer_metrics_name_the_embed_jobs_environment_and_their_own(case):
+    """The embed job's stamp in embeddings.h5 (here another torch) and this job's environment; an embeddings.h5
+    from before the stamps (the case's own) leaves the embed stage out."""
+    here = versions.environment_versions()
+    metrics, out = run(case, 0.99)
+    assert metrics["software_versions"] == {"transfer": [{**here, "jobs": 1}]}
+    embed_env = {**here, "packages": {**here["packages"], "torch": "2.13.0"}}
+    with h5py.File(case["dir"] / "embeddings.h5", "a") as h5:
+        versions.stamp(h5.attrs, embed_env)
+    metrics, out = run(case, 0.99)
+    expected = {"embed": [{**embed_env, "jobs": 1}], "transfer": [{**here, "jobs": 1}]}
+    assert metrics["software_versions"] == expected
+    assert json.loads(out["metrics"].read_text())["software_versions"] == expected
 
 
 def test_run_transfer_auto_tau_is_cross_fitted_on_the_oof_neighbours(case):

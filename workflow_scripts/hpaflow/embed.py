@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import h5names as h5n
+from . import versions
 from .augment import prepare_batch
 from .contracts import STAGES, digest
 from .data import ShardDataset, ShardRows, make_sampler
@@ -620,6 +621,7 @@ def write_embeddings(
             h5.attrs[h5n.EMB_RETRIEVAL] = float(retrieval)
             for k, v in attrs.items():
                 h5.attrs[k] = v
+            versions.stamp(h5.attrs)  # the embed job's environment
 
 
 def write_model(path: str | Path, net: nn.Module, settings: EmbedSettings, size: int) -> None:

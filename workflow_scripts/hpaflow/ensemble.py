@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import h5names as h5n
+from . import versions
 from .duplicates import class_spread
 from .files import atomic_path
 from .labels import CLASS_NAMES
@@ -114,7 +115,8 @@ def run_ensemble(
     leaks: dict | None = None,
 ) -> dict:
     """metrics.json for every model and the ensemble; the ensemble's probabilities and thresholds.
-    `leaks` (duplicates.leak_report) goes in as `duplicates`."""
+    `leaks` (duplicates.leak_report) goes in as `duplicates`; `software_versions` (versions.merge): the
+    environments of the predict jobs (carried by the summaries) and of this job."""
     final, methods = settings.final, settings.methods
     models = {name: load_predictions(f) for name, f in model_files.items()}
     first = next(iter(models.values()))
@@ -177,6 +179,10 @@ def run_ensemble(
         pd.DataFrame({"class": range(len(CLASS_NAMES)), "name": CLASS_NAMES, "threshold": t_final}).to_csv(
             tmp, index=False
         )
+    # What ran: the predict jobs' environments carried by the summaries, and this job's own.
+    metrics["software_versions"] = versions.merge(
+        {"train and predict": versions.recorded(model_files.values()), "ensemble": [versions.environment_versions()]}
+    )
     with atomic_path(out_json) as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
     return metrics

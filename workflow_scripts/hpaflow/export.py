@@ -36,6 +36,7 @@ import yaml
 from torch import nn
 
 from . import h5names as h5n
+from . import versions
 from .augment import NORMALIZERS, PER_IMAGE_EPS, check_crops, compose_batch, cut_crops, dihedral_batch, normalize_batch
 from .files import atomic_path
 from .gallery import captioned_grid, write_png
@@ -524,10 +525,13 @@ def package_readme(
     views: list[int],
     crops: str = "",
     transfer: dict | None = None,
+    software: dict | None = None,
 ) -> str:
     """crops: how members score crops (crops_phrase), empty when none does; transfer: transfer.json's content
-    when the package holds label transfer."""
+    when the package holds label transfer; software: the stages' environments (versions.merge), as a table."""
     e = metrics["ensemble"]
+    transfer_text = transfer_readme(transfer) if transfer is not None else ""
+    software_text = software_readme(software) if software else ""
     return f"""# HPA protein-localisation classifier
 
 An ensemble of {len(models)} model(s) ({", ".join(models)}) x {n_folds} folds, trained by the HPA image
@@ -554,7 +558,18 @@ augmentation views{crops}. It predicts which of 28 subcellular locations (classe
 Research on fields imaged like the Human Protein Atlas (confocal, 4 channels, the same stains). It has
 not been validated on other microscopes, stains or cell lines: check it on labelled fields of your own
 before relying on it.
-""" + (transfer_readme(transfer) if transfer is not None else "")
+{transfer_text}{software_text}"""
+
+
+def software_readme(merged: dict) -> str:
+    """The README's section on what ran: the key packages of each stage's environment (versions.merge)."""
+    return f"""
+## Software versions
+
+Read by each job of the workflow from its own running environment (every package: the workflow's
+results/metrics.json, `software_versions`):
+
+{versions.markdown_table(merged)}"""
 
 
 def crops_phrase(module: EnsembleModule, settings: ExportSettings) -> str:
@@ -722,8 +737,17 @@ def write_package(
         with atomic_path(out / name) as tmp:
             tmp.write_text(json.dumps(value, indent=1) + "\n")
     with atomic_path(out / "README.md") as tmp:
+        # What ran: the stages metrics.json records, and this job's own environment.
+        software = versions.merge({**metrics.get("software_versions", {}), "export": [versions.environment_versions()]})
         text = package_readme(
-            metrics, models, n_folds, size, settings.views, crops_phrase(module, settings), transfer=described
+            metrics,
+            models,
+            n_folds,
+            size,
+            settings.views,
+            crops_phrase(module, settings),
+            transfer=described,
+            software=software,
         )
         tmp.write_text(text)
     # bioimage.io: test tensors (real rows and the PyTorch ensemble's output), cover, description.

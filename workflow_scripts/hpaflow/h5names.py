@@ -22,6 +22,9 @@ the rules that read it meet here; a reader meeting another format stops with the
   trained on it), LABELS uint8 (N, 28) (zeros for test fields), EMBEDDINGS float32 (N, D) of unit norm;
   attributes FORMAT, EMB_RETRIEVAL (top-1 retrieval accuracy on the held-out antibodies, NaN without).
 The package of rule export carries its own format (hpaflow.package.FORMAT).
+Shards, predictions and embeddings.h5 also carry SOFTWARE_VERSIONS, the writing job's environment (JSON,
+hpaflow.versions); a summary carries its predictions' under SOFTWARE_VERSIONS_INPUTS. Files from before have
+neither, and still read.
 
 Standard library only (pandas imported by the csv readers when called): the planning step imports it.
 """
@@ -69,6 +72,7 @@ CKPT_MODEL = "model"  # state_dict
 CKPT_CONFIG = "config"  # TrainConfig as a dict
 CKPT_TRAIN_IDS = "train_ids"  # the Ids the model was trained on (predict's leak check)
 CKPT_FINGERPRINT = "fingerprint"  # train.job_fingerprint: what a resumed job must match
+CKPT_SOFTWARE = "software_versions"  # the train job's environment (hpaflow.versions), carried by predict
 
 # results/folds.csv: one row per train Id; fold -1 = left out (duplicates.policy drop_external).
 FOLDS_COLUMNS = ("Id", "dataset", "fold", "group")
@@ -121,3 +125,7 @@ EMB_EXTERNAL = "external"
 EMB_GROUP = "group"
 EMB_TRAINED = "trained"
 EMB_RETRIEVAL = "retrieval_accuracy"
+
+# What ran (hpaflow.versions): the writing job's environment, and the environments a file carries from its inputs.
+SOFTWARE_VERSIONS = "software_versions"
+SOFTWARE_VERSIONS_INPUTS = "software_versions_inputs"

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import h5names as h5n  # noqa: E402
+from . import versions  # noqa: E402
 from .files import atomic_path  # noqa: E402
 from .gallery import display_rgb, shard_images  # noqa: E402
 from .labels import CLASS_NAMES  # noqa: E402
@@ -170,6 +171,20 @@ def threshold_choice_text(choice: dict, labels_per_image: dict) -> str:
     )
 
 
+def software_versions_table(metrics: dict, shard_files: list[str]) -> str:
+    """The report's software versions (reStructuredText): the shard jobs' environments (their files' stamps),
+    those metrics.json records (train and predict, ensemble) and this job's own, as stage plots."""
+    return versions.rst_table(
+        versions.merge(
+            {
+                "shards": versions.recorded(shard_files),
+                **metrics.get("software_versions", {}),
+                "plots": [versions.environment_versions()],
+            }
+        )
+    )
+
+
 def duplicate_pairs(duplicates_csv: str | Path, shard_files: list[str], path: str | Path, n: int = 6) -> None:
     """A few near-duplicate pairs side by side: label conflicts first, then train-test, then the closest."""
     pairs = h5n.read_duplicates(duplicates_csv)
@@ -277,6 +292,8 @@ def all_figures(
     metrics = json.loads(Path(metrics_json).read_text())
     with atomic_path(out["headline"]) as tmp:
         tmp.write_text(headline_table(metrics))
+    with atomic_path(out["versions"]) as tmp:
+        tmp.write_text(software_versions_table(metrics, all_shard_files))
     training_curves(metrics_csvs, out["curves"])
     per_class_f1(metrics, out["per_class"])
     threshold_curves(ensemble_h5, out["thresholds"])

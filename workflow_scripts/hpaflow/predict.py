@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import h5names as h5n
+from . import versions
 from .augment import check_crops, cut_crops, dihedral_batch, prepare_batch
 from .data import ShardDataset, ShardRows, fold_of
 from .files import atomic_path
@@ -167,8 +168,18 @@ def predict_rows(
     return ids, combine(per_view, tta_combine), per_view
 
 
+def train_software(state: dict) -> dict:
+    """The train job's environment from its checkpoint, as the attribute predictions carry it to the report
+    (none for a checkpoint from before the stamps)."""
+    attrs: dict = {}
+    if (env := state.get(h5n.CKPT_SOFTWARE)) is not None:
+        versions.stamp(attrs, [env], h5n.SOFTWARE_VERSIONS_INPUTS)
+    return attrs
+
+
 def write_predictions(path: str | Path, parts: dict[str, dict], attrs: dict) -> None:
-    """One HDF5 with a group per part (oof, test): ids, probs float32 (N, 28), optional labels, views."""
+    """One HDF5 with a group per part (oof, test): ids, probs float32 (N, 28), optional labels, views; stamped
+    with this job's software versions."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         for name, part in parts.items():
             g = h5.create_group(name)
@@ -178,6 +189,7 @@ def write_predictions(path: str | Path, parts: dict[str, dict], attrs: dict) -> 
                 if part.get(key) is not None:
                     g.create_dataset(key, data=part[key])
         h5.attrs.update({**attrs, h5n.FORMAT: h5n.PREDICTIONS_FORMAT})
+        versions.stamp(h5.attrs)  # the predict job's environment (the report's "train and predict")
 
 
 @dataclass(frozen=True)
@@ -269,5 +281,6 @@ def run_predict(
             # views (save_views) holds crops x views entries, crop-major; crops 0: one whole image per view
             "crops": 0 if offsets is None else len(offsets),
             "crop_offsets": np.zeros((0, 2), np.int64) if offsets is None else offsets,
+            **train_software(state),
         },
     )

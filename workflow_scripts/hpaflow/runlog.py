@@ -9,6 +9,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from .versions import software_line
+
 log = logging.getLogger("hpaflow")
 
 
@@ -26,6 +28,8 @@ def logged(log_path: str | Path) -> Iterator[logging.Logger]:
         log.addHandler(h)
     log.setLevel(logging.INFO)
     log.info("=== start (pid %d)", os.getpid())
+    # This job's own environment (a rule's conda env, on whichever node): what ran, in the log of each attempt.
+    log.info("software: %s", software_line())
     try:
         yield log
     except Exception as e:

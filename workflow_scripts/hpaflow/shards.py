@@ -10,7 +10,8 @@ A shard `results/shards/{dataset}/{index}.h5` holds, for rows i = 0..N-1:
                                a model's checkpoint follows, whatever the shard boundaries or codec)
   labels      uint8 (N, 28)    train datasets only
 and attributes format_version (h5names.SHARD_FORMAT), channel_order, image_size, tile_size, tiling,
-source_format, dataset, role. Without tiling, every row is one image and tile_origin is (0, 0).
+source_format, dataset, role, software_versions (the writing job's environment, hpaflow.versions).
+Without tiling, every row is one image and tile_origin is (0, 0).
 
 Codecs (`hdf5_compression`, `COMPRESSIONS`): the images chunks are plain HDF5 filters. lzf and gzip
 are built into h5py; the blosc, blosc2 and bitshuffle filters come from hdf5plugin, which this
@@ -41,6 +42,7 @@ import hdf5plugin  # registers the blosc, blosc2 and bitshuffle filters with HDF
 import numpy as np
 
 from . import h5names as h5n
+from . import versions
 from .duplicates import Fields
 from .files import atomic_path
 from .io import ImageError, Uint16Scaling, read_rgby
@@ -299,6 +301,7 @@ def write_shard(
                     "num_classes": NUM_CLASSES,
                 }
             )
+            versions.stamp(h5.attrs)  # this job's environment: what decoded and resized the images
 
 
 def small_fields_warning(sources: list[int], image_size: int) -> str | None:

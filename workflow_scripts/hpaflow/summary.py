@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from . import h5names as h5n
+from . import versions
 from .files import atomic_path
 from .labels import CLASS_NAMES
 from .metrics import f1_per_class, macro_f1_at
@@ -72,6 +73,15 @@ def assemble_model(fold_files: list[str], folds_csv: str) -> Predictions:
         test_ids=np.array([], str) if test_ids is None else test_ids,
         test_probs=np.mean(test_probs, 0).astype(np.float32) if test_probs else np.zeros((0, 28), np.float32),
     )
+
+
+def summary_attrs(model: str, prediction_files: list[str]) -> dict:
+    """A model summary's attributes: its model, and the distinct environments that its predict jobs recorded
+    (with their job counts) under SOFTWARE_VERSIONS_INPUTS, carried to the ensemble; model_summary is
+    bookkeeping and adds no environment of its own."""
+    attrs = {"model": model}
+    versions.stamp(attrs, versions.distinct(versions.recorded(prediction_files)), h5n.SOFTWARE_VERSIONS_INPUTS)
+    return attrs
 
 
 def save_predictions(p: Predictions, path: str | Path, attrs: dict | None = None, extra: dict | None = None) -> None:

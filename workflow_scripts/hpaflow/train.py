@@ -31,6 +31,7 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 from . import h5names as h5n
+from . import versions
 from .augment import prepare_batch
 from .contracts import STAGES
 from .data import ShardDataset, ShardRows, fold_of, make_sampler
@@ -489,6 +490,7 @@ def best_checkpoint(t: Training, cfg: TrainConfig, row: dict, fingerprint: dict,
         h5n.CKPT_CONFIG: asdict(cfg),
         h5n.CKPT_FINGERPRINT: fingerprint,
         h5n.CKPT_TRAIN_IDS: trained_on,
+        h5n.CKPT_SOFTWARE: versions.environment_versions(),  # what trained it, for the report
     }
 
 

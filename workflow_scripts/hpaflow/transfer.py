@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import h5names as h5n
+from . import versions
 from .files import atomic_path
 from .labels import NUM_CLASSES, encode
 from .metrics import macro_f1
@@ -338,7 +339,11 @@ def run_transfer(
             "retrieval_accuracy": None if math.isnan(emb.retrieval) else emb.retrieval,
             "references": len(ref_rows),
             "why": why,
-        }
+        },
+        # What ran: the embed job's environment (stamped in embeddings.h5) and this job's own.
+        "software_versions": versions.merge(
+            {"embed": versions.recorded([embeddings_h5]), "transfer": [versions.environment_versions()]}
+        ),
     }
     with atomic_path(out_metrics) as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
