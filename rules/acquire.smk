@@ -9,7 +9,7 @@ rule download_kaggle:
     log:
         "logs/download_kaggle.log",
     conda:
-        "../envs/download.yaml"
+        "../envs/locked/download.yaml"
     threads: job_threads("download_kaggle")
     resources:
         **job_resources("download_kaggle"),
@@ -29,7 +29,7 @@ rule download_hpav18_part:
     log:
         "logs/download_hpav18/part{part}.log",
     conda:
-        "../envs/download.yaml"
+        "../envs/locked/download.yaml"
     threads: job_threads("download_hpav18_part")
     resources:
         **job_resources("download_hpav18_part"),

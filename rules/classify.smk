@@ -7,7 +7,7 @@ rule classify_shard:
     log:
         "logs/classify/{name}/shard{index}.log",
     conda:
-        "../envs/classify.yaml"
+        "../envs/locked/classify.yaml"
     threads: job_threads("classify_shard")
     resources:
         **job_resources("classify_shard"),
@@ -30,7 +30,7 @@ rule classify_predict:
     log:
         "logs/classify/{name}/predict.log",
     conda:
-        "../envs/classify.yaml"
+        "../envs/locked/classify.yaml"
     threads: job_threads("classify_predict")
     resources:
         **job_resources("classify_predict"),
@@ -51,7 +51,7 @@ rule classify_gallery:
     log:
         "logs/classify/{name}/gallery.log",
     conda:
-        "../envs/classify.yaml"
+        "../envs/locked/classify.yaml"
     threads: job_threads("classify_gallery")
     resources:
         **job_resources("classify_gallery"),

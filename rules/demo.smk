@@ -19,7 +19,7 @@ rule demo_data:
     log:
         "logs/demo_data.log",
     conda:
-        "../envs/data.yaml"
+        "../envs/locked/data.yaml"
     threads: job_threads("demo_data")
     resources:
         **job_resources("demo_data"),

@@ -8,7 +8,7 @@ rule model_summary:
     log:
         "logs/model_summary/{model}.log",
     conda:
-        "../envs/ensemble.yaml"
+        "../envs/locked/ensemble.yaml"
     threads: job_threads("model_summary")
     resources:
         **job_resources("model_summary"),
@@ -29,7 +29,7 @@ rule ensemble:
     log:
         "logs/ensemble.log",
     conda:
-        "../envs/ensemble.yaml"
+        "../envs/locked/ensemble.yaml"
     threads: job_threads("ensemble")
     resources:
         **job_resources("ensemble"),
@@ -49,7 +49,7 @@ rule submission:
     log:
         "logs/submission.log",
     conda:
-        "../envs/ensemble.yaml"
+        "../envs/locked/ensemble.yaml"
     threads: job_threads("submission")
     resources:
         **job_resources("submission"),
@@ -77,10 +77,11 @@ rule plots:
         images=report("results/plots/image_grid.png", caption="report/images.rst", category="Images"),
         duplicates=report("results/plots/duplicate_pairs.png", caption="report/duplicates.rst", category="Images"),
         headline="results/plots/headline.rst",  # included by the report's front page (report/workflow.rst)
+        versions="results/plots/software_versions.rst",  # the stages' key packages, on the front page too
     log:
         "logs/plots.log",
     conda:
-        "../envs/ensemble.yaml"
+        "../envs/locked/ensemble.yaml"
     threads: job_threads("plots")
     resources:
         **job_resources("plots"),
@@ -104,7 +105,7 @@ rule export:
     log:
         "logs/export.log",
     conda:
-        "../envs/export.yaml"
+        "../envs/locked/export.yaml"
     threads: job_threads("export")
     resources:
         **job_resources("export"),

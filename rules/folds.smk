@@ -8,7 +8,7 @@ rule duplicates:
     log:
         "logs/duplicates.log",
     conda:
-        "../envs/data.yaml"
+        "../envs/locked/data.yaml"
     threads: job_threads("duplicates")
     resources:
         **job_resources("duplicates"),
@@ -29,7 +29,7 @@ rule folds:
     log:
         "logs/folds.log",
     conda:
-        "../envs/data.yaml"
+        "../envs/locked/data.yaml"
     threads: job_threads("folds")
     resources:
         **job_resources("folds"),

@@ -7,7 +7,7 @@ rule shard:
     log:
         "logs/shard/{dataset}/{index}.log",
     conda:
-        "../envs/data.yaml"
+        "../envs/locked/data.yaml"
     threads: job_threads("shard")
     resources:
         **job_resources("shard"),
@@ -30,7 +30,7 @@ rule shard_content:
         "logs/shard_content/{dataset}.log",
     localrule: True
     conda:
-        "../envs/data.yaml"
+        "../envs/locked/data.yaml"
     threads: job_threads("shard_content")
     resources:
         **job_resources("shard_content"),
@@ -51,7 +51,7 @@ rule shard_index:
         "logs/shard_index/{dataset}.log",
     localrule: True
     conda:
-        "../envs/data.yaml"
+        "../envs/locked/data.yaml"
     threads: job_threads("shard_index")
     resources:
         **job_resources("shard_index"),

@@ -16,7 +16,7 @@ rule train:
     benchmark:
         "results/benchmarks/train/{model}/fold{fold}.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/locked/torch.yaml"
     threads: job_threads("train")
     resources:
         **job_resources("train"),
@@ -43,7 +43,7 @@ rule predict:
     benchmark:
         "results/benchmarks/predict/{model}/fold{fold}.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/locked/torch.yaml"
     threads: job_threads("predict")
     resources:
         **job_resources("predict"),

@@ -19,7 +19,7 @@ if TRANSFER:
         benchmark:
             "results/benchmarks/transfer/embed.tsv"
         conda:
-            "../envs/torch.yaml"
+            "../envs/locked/torch.yaml"
         threads: job_threads("embed")
         resources:
             **job_resources("embed"),
@@ -42,7 +42,7 @@ if TRANSFER:
         log:
             "logs/transfer/transfer.log",
         conda:
-            "../envs/ensemble.yaml"
+            "../envs/locked/ensemble.yaml"
         threads: job_threads("transfer")
         resources:
             **job_resources("transfer"),
@@ -68,7 +68,7 @@ if TRANSFER:
         log:
             "logs/transfer/figure.log",
         conda:
-            "../envs/ensemble.yaml"
+            "../envs/locked/ensemble.yaml"
         threads: job_threads("transfer_figure")
         resources:
             **job_resources("transfer_figure"),

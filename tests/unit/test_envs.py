@@ -1,4 +1,7 @@
-"""Conda envs cannot be built here (no channel access): lint them against requirements.txt instead."""
+"""Conda envs cannot be built here (no channel access): lint them against requirements.txt instead.
+
+Rules use the locked env files (envs/locked/<env>.yaml, made by `make lock` from envs/<env>.yaml): what a rule's
+script imports is checked against the direct requirements in envs/<env>.yaml; test_locks checks the locks."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from conftest import REPO
 
 ENVS = sorted((REPO / "envs").glob("*.yaml"))
 LAUNCHER = "snakemake.yaml"  # where snakemake itself runs; no rule uses it
+RULE_ENV = r'conda:\s*\n\s*"\.\./envs/locked/([\w.-]+)"'  # a rule's env: the lock of envs/<env>.yaml
 
 
 def norm(name: str) -> str:
@@ -33,7 +37,7 @@ def test_envs_exist_for_every_rule_family():
     assert {p.name for p in ENVS} >= {"data.yaml", "torch.yaml"}
     used = set()
     for smk in (REPO / "rules").glob("*.smk"):
-        used |= set(re.findall(r'conda:\s*\n\s*"\.\./envs/([\w.-]+)"', smk.read_text()))
+        used |= set(re.findall(RULE_ENV, smk.read_text()))
     assert used and all((REPO / "envs" / u).exists() for u in used), used
     assert used == {p.name for p in ENVS} - {LAUNCHER}, "an env file no rule uses, or a rule env that is missing"
 
@@ -196,7 +200,7 @@ def rule_env_scripts(text: str) -> set[tuple[str, str]]:
     """(env file, script) of each rule in a .smk file that has both, whatever the directive order."""
     out = set()
     for block in re.split(r"^\s*rule \w+:", text, flags=re.M)[1:]:  # rules in an if block are indented
-        env = re.search(r'conda:\s*\n\s*"\.\./envs/([\w.-]+)"', block)
+        env = re.search(RULE_ENV, block)
         script = re.search(r'script:\s*\n\s*"\.\./(workflow_scripts/[\w.]+)"', block)
         if env and script:
             out.add((env.group(1), script.group(1)))
