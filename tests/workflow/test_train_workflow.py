@@ -203,6 +203,9 @@ def test_report(e2e):
     for block in [*metrics["models"].values(), metrics["ensemble"]]:
         assert f"{block['thresholds']['per_class']['f1_cross_fitted']:.4f}" in html
     assert f"{metrics['prior_baseline']['f1']:.4f}" in html
+    # What ran: the software versions table of the front page, with torch as the jobs' environment has it.
+    torch_version = metrics["software_versions"]["train and predict"][0]["packages"]["torch"]
+    assert "Software versions" in html and torch_version in html
 
 
 def test_export_package_reproduces_the_ensembles_test_probabilities(e2e):
