@@ -238,7 +238,13 @@ def conda_pin(env: dict, out: Path) -> None:
         listed = subprocess.run(
             [conda, "list", "--explicit", "--md5", "--prefix", prefix], check=True, capture_output=True, text=True
         ).stdout
-    out.write_text(listed)
+    write_if_changed(out, listed)
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    """Leave an identical lock untouched: its mtime is what makes `make venv` reinstall."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 def write(uv: str = "uv", root: Path = REPO, out_root: Path | None = None) -> list[Path]:
@@ -252,7 +258,7 @@ def write(uv: str = "uv", root: Path = REPO, out_root: Path | None = None) -> li
     written = []
     req_text = (root / REQUIREMENTS).read_text()
     closure = compile_closure(uv, REQUIREMENTS, None, root)
-    (out_root / VENV_LOCK).write_text(render_venv_lock(req_text, closure, tool))
+    write_if_changed(out_root / VENV_LOCK, render_venv_lock(req_text, closure, tool))
     written.append(out_root / VENV_LOCK)
     venv = read_lock(out_root / VENV_LOCK)
     (out_root / LOCKED_DIR).mkdir(parents=True, exist_ok=True)
@@ -266,12 +272,12 @@ def write(uv: str = "uv", root: Path = REPO, out_root: Path | None = None) -> li
             Path(tmp, f"{name}.txt").write_text("\n".join(env_pip_requirements(env, source)) + "\n")
             closure = compile_closure(uv, f"{name}.txt", "constraints.txt", Path(tmp))
             out = out_root / lock_path_of(source)
-            out.write_text(render_env_lock(source, text, env, closure, tool))
+            write_if_changed(out, render_env_lock(source, text, env, closure, tool))
             written.append(out)
             if with_conda:
                 conda_pin(env, out.with_name(f"{name}.{CONDA_PLATFORM}.pin.txt"))
                 script = out.with_name(f"{name}.post-deploy.sh")
-                script.write_text(post_deploy_script(source, read_lock(out)))
+                write_if_changed(script, post_deploy_script(source, read_lock(out)))
                 written += [out.with_name(f"{name}.{CONDA_PLATFORM}.pin.txt"), script]
     return written
 
