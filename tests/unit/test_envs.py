@@ -12,25 +12,19 @@ import pytest
 import yaml
 
 from conftest import REPO
+from hpaflow import locks, versions
 
 ENVS = sorted((REPO / "envs").glob("*.yaml"))
 LAUNCHER = "snakemake.yaml"  # where snakemake itself runs; no rule uses it
 RULE_ENV = r'conda:\s*\n\s*"\.\./envs/locked/([\w.-]+)"'  # a rule's env: the lock of envs/<env>.yaml
 
 
-def norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+norm = versions.normalise
 
 
 def requirements() -> dict[str, str]:
-    pins = {}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([\w.+-]+)", line)
-            assert m, f"requirements.txt: {line!r} is not pinned with =="
-            pins[norm(m[1])] = m[2]
-    return pins
+    """requirements.txt's pins (an unpinned line raises, naming it)."""
+    return locks.direct_pins((REPO / "requirements.txt").read_text(), "requirements.txt")
 
 
 def test_envs_exist_for_every_rule_family():
@@ -54,10 +48,7 @@ def test_env_is_pinned_and_in_step_with_requirements(path):
         else:
             assert re.fullmatch(r"[\w.-]+=[\w.]+", dep), f"{path.name}: conda dependency {dep!r} not pinned"
     assert pip_deps, f"{path.name}: no pip section"
-    for dep in pip_deps:
-        m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([\w.+-]+)", dep)
-        assert m, f"{path.name}: {dep!r} not pinned with =="
-        name, version = norm(m[1]), m[2]
+    for name, version in locks.direct_pins("\n".join(pip_deps), path.name).items():  # raises on an unpinned one
         assert name in pins, f"{path.name}: {name} is not in requirements.txt"
         assert pins[name] == version, f"{path.name}: {name}=={version}, requirements.txt has {pins[name]}"
 
